@@ -1,0 +1,51 @@
+"""essencekit: image-based CLIP-guided essence transfer (TargetCLIP) on StyleGAN2.
+
+The public API: :func:`load_generator`, :func:`load_encoder`, :func:`load_clip`, the
+objects plugins register (:class:`Backend`, :class:`ClipVariant`, :class:`WeightArtifact`,
+:class:`Aligner`) and the :data:`hookimpl` marker for plugin authors.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .aligners import Aligner, FaceLandmarks
+from .backends import Backend, select_backend
+from .errors import EssencekitError
+from .hookspecs import hookimpl
+from .weights import WeightArtifact
+
+try:
+    __version__ = _version("essencekit")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Aligner",
+    "Backend",
+    "ClipVariant",
+    "EssencekitError",
+    "FaceLandmarks",
+    "WeightArtifact",
+    "__version__",
+    "hookimpl",
+    "load_clip",
+    "load_encoder",
+    "load_generator",
+    "select_backend",
+]
+
+_LAZY = {
+    "ClipVariant": ("essencekit.clip", "ClipVariant"),
+    "load_clip": ("essencekit.api", "load_clip"),
+    "load_encoder": ("essencekit.api", "load_encoder"),
+    "load_generator": ("essencekit.api", "load_generator"),
+}
+
+
+def __getattr__(name):
+    # open_clip and the model code load only when used, so `essencekit --help` stays quick
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        return getattr(importlib.import_module(module_name), attr)
+    raise AttributeError(f"module 'essencekit' has no attribute {name!r}")

@@ -1,0 +1,67 @@
+"""The model loaders of the Python API (re-exported as ``essencekit.load_*``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .backends import Backend, resolve_backend
+
+DEFAULT_GENERATOR = "stylegan2-ffhq"
+DEFAULT_ENCODER = "e4e-ffhq"
+
+DeviceLike = str | torch.device | Backend | None
+
+
+def resolve_weights(path_or_name: str | os.PathLike | None, default_artifact: str) -> Path:
+    """A file path as given, or the cached file of a registered artifact name (default
+    ``default_artifact``), verified; a missing artifact names the pull-weights command."""
+    if path_or_name is not None:
+        candidate = Path(path_or_name)
+        from .plugins import registered
+
+        if candidate.exists() or str(path_or_name) not in registered("weights"):
+            return candidate
+        default_artifact = str(path_or_name)
+    from .cache import resolve_artifact
+
+    return resolve_artifact(default_artifact)
+
+
+def load_generator(path: str | os.PathLike | None = None, device: DeviceLike = None):
+    """Load a StyleGAN2 generator checkpoint (rosinality format) onto a backend.
+
+    ``path`` is a checkpoint file or an artifact name (default ``stylegan2-ffhq`` from the
+    cache). ``device`` is a backend name, a ``torch.device``, a :class:`Backend` or ``None``
+    for the automatic choice. Returns a frozen, eval-mode
+    :class:`essencekit.models.stylegan2.Generator`.
+    """
+    from .models.stylegan2 import load_generator_checkpoint
+
+    backend = resolve_backend(device)
+    generator = load_generator_checkpoint(resolve_weights(path, DEFAULT_GENERATOR))
+    return backend.prepare(generator)
+
+
+def load_encoder(path: str | os.PathLike | None = None, device: DeviceLike = None):
+    """Load an e4e checkpoint (encoder and its embedded generator) onto a backend.
+
+    ``path`` is a checkpoint file or an artifact name (default ``e4e-ffhq``). Returns a
+    frozen :class:`essencekit.models.e4e.E4E` with ``invert(images)``, ``latent_avg`` and
+    ``generator``.
+    """
+    from .models.e4e import load_encoder_checkpoint
+
+    backend = resolve_backend(device)
+    encoder = load_encoder_checkpoint(resolve_weights(path, DEFAULT_ENCODER))
+    return backend.prepare(encoder)
+
+
+def load_clip(name: str = "ViT-B/32", device: DeviceLike = None, **options):
+    """Load a registered CLIP variant; see :func:`essencekit.clip.load_clip` for ``options``
+    (``input_mode``, ``generator_size``, ``weights``)."""
+    from .clip import load_clip as _load_clip
+
+    return _load_clip(name, device, **options)

@@ -1,0 +1,67 @@
+"""Reading checkpoint files safely.
+
+Every ``.pt``/``.pth`` file goes through :func:`load_checkpoint`, which never unpickles an
+arbitrary object (``weights_only=True``) and always maps storages to the CPU first: the
+published checkpoints carry CUDA-tagged storages that would otherwise fail to load on a
+machine without a GPU. Models are moved to their device afterwards, by the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EssencekitError
+
+
+def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
+    """Load ``path`` with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises :class:`EssencekitError` with a one-line message for a missing, empty, truncated,
+    non-PyTorch or code-carrying file; ``what`` names the expected content in that message.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EssencekitError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise EssencekitError(f"{what} path is a folder, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise EssencekitError(f"{what} is empty (0 bytes): {path}; download it again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any global outside torch's allow-list: a hostile or
+        # foreign pickle ends here, before a single object is built.
+        raise EssencekitError(
+            f"{path} is not a plain {what}: it holds objects that essencekit will not unpickle "
+            f"({_refused_global(error)}); only tensors, numbers and strings are accepted"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
+        raise EssencekitError(
+            f"cannot read {what} {path}: {first_line[:200]} (is the file complete? "
+            "re-download it with `essencekit pull-weights`)"
+        ) from None
+
+
+def _refused_global(error: Exception) -> str:
+    """The line of torch's long weights_only message that names what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line:
+            return line.rstrip(".")[:200]
+    return lines[-1][:200] if lines else "unsupported content"
+
+
+def require_mapping(obj: Any, path: str | os.PathLike, what: str) -> dict:
+    """Return ``obj`` if it is a dict, else raise a one-line error naming ``path``."""
+    if not isinstance(obj, dict):
+        raise EssencekitError(
+            f"{path} is not a {what}: expected a dictionary of tensors, found {type(obj).__name__}"
+        )
+    return obj

@@ -1,0 +1,70 @@
+"""``essencekit plugins``: what is installed and what each plugin registered."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .output import err, out, print_json
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[escape(str(cell)) for cell in row])
+    return table
+
+
+def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+    """List plugins, their hooks, and the backends, CLIP variants, weights and aligners they register."""
+    from ..inventory import plugins_report
+
+    report = plugins_report()
+    if json_:
+        print_json(report)
+        return
+    out.print(_table(
+        "Plugins", ["name", "kind", "hooks"],
+        [[p["name"], "built-in" if p["builtin"] else (p["distribution"] or "third-party"), ", ".join(p["hooks"])]
+         for p in report["plugins"]],
+    ))
+    out.print(_table(
+        "Backends", ["name", "available", "device / reason", "plugin"],
+        [[b["name"], "yes" if b["available"] else "no",
+          f'{b["device"]} ({b["autocast_dtype"]})' if b["available"] else b["reason"], b["plugin"]]
+         for b in report["backends"]],
+    ))
+    out.print(_table(
+        "CLIP variants", ["name", "weights", "plugin"],
+        [[c["name"], c["weights"], c["plugin"]] for c in report["clip_models"]],
+    ))
+    out.print(_table(
+        "Weight artifacts", ["name", "group", "kind", "size", "license", "plugin"],
+        [[w["name"], w["group"], w["kind"], _size(w["size"]),
+          ("must accept: " if w["license_must_accept"] else "") + w["license"].split("\n")[0][:40], w["plugin"]]
+         for w in report["weights"]],
+    ))
+    if report["aligners"]:
+        out.print(_table(
+            "Face aligners", ["name", "available", "reason", "plugin"],
+            [[a["name"], "yes" if a["available"] else "no", a["reason"], a["plugin"]] for a in report["aligners"]],
+        ))
+    for error in report["errors"]:
+        err.print(f"[yellow]plugin problem:[/yellow] {escape(error['plugin'])}: {escape(error['message'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins)

@@ -1,0 +1,97 @@
+"""What is installed: plugins, their hooks and everything they registered, as plain data.
+
+Shared by ``essencekit plugins`` and ``essencekit doctor`` (and their ``--json``).
+"""
+
+from __future__ import annotations
+
+from .plugins import load_errors, owner_of, plugins_info, registered
+
+
+def _availability(obj) -> tuple[bool, str]:
+    try:
+        return obj.availability()
+    except Exception as error:  # an availability probe must never break the listing
+        return False, f"availability check failed: {type(error).__name__}: {error}"
+
+
+def backends_report() -> list[dict]:
+    rows = []
+    for name, backend in registered("backends").items():
+        available, reason = _availability(backend)
+        row = {
+            "name": name,
+            "plugin": owner_of("backends", name),
+            "available": available,
+            "reason": reason,
+            "priority": backend.priority,
+            "description": backend.description,
+        }
+        if available:
+            row["device"] = str(backend.device)
+            row["autocast_dtype"] = str(backend.autocast_dtype).removeprefix("torch.")
+            row["modulated_conv"] = backend.modulated_conv
+        rows.append(row)
+    return rows
+
+
+def clip_models_report() -> list[dict]:
+    return [
+        {
+            "name": name,
+            "plugin": owner_of("clip_models", name),
+            "weights": variant.weights,
+            "description": variant.description,
+        }
+        for name, variant in registered("clip_models").items()
+    ]
+
+
+def weights_report() -> list[dict]:
+    return [
+        {
+            "name": name,
+            "plugin": owner_of("weights", name),
+            "group": artifact.group,
+            "kind": artifact.kind,
+            "filename": artifact.filename,
+            "size": artifact.size,
+            "sha256": artifact.sha256,
+            "license": artifact.license,
+            "license_must_accept": artifact.license_must_accept,
+            "description": artifact.description,
+        }
+        for name, artifact in registered("weights").items()
+    ]
+
+
+def aligners_report() -> list[dict]:
+    rows = []
+    for name, aligner in registered("aligners").items():
+        available, reason = _availability(aligner)
+        rows.append(
+            {
+                "name": name,
+                "plugin": owner_of("aligners", name),
+                "available": available,
+                "reason": reason,
+                "description": aligner.description,
+            }
+        )
+    return rows
+
+
+def plugins_report() -> dict:
+    """Every plugin with its hooks, and every registered object, as JSON-ready data."""
+    report = {
+        "plugins": [
+            {"name": p.name, "builtin": p.builtin, "distribution": p.distribution, "hooks": p.hooks}
+            for p in plugins_info()
+        ],
+        "backends": backends_report(),
+        "clip_models": clip_models_report(),
+        "weights": weights_report(),
+        "aligners": aligners_report(),
+    }
+    report["errors"] = [{"plugin": e.plugin, "message": e.message} for e in load_errors()]
+    return report

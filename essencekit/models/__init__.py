@@ -1,0 +1,1 @@
+"""Network definitions in plain PyTorch that load the published checkpoints unchanged."""

@@ -1,0 +1,61 @@
+"""What a downloadable artifact is: the object ``register_weights`` plugins register."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import EssencekitError
+
+KINDS = ("generator", "encoder", "clip", "landmarks", "essence", "latents", "metric")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class WeightArtifact:
+    """One file that ``essencekit pull-weights`` can fetch, verify and place in the cache.
+
+    ``urls`` are mirrors tried in order. ``sha256`` is the lower-case hex digest, or ``None``
+    for an unpinned file (its first download is pinned in the user's cache). ``size`` is in
+    bytes (``None`` when unknown). ``license`` is the license text or its name and where it is
+    published; ``license_must_accept`` makes ``pull-weights`` ask once before downloading.
+    """
+
+    name: str
+    kind: str
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str | None
+    size: int | None
+    license: str
+    description: str
+    group: str = "extra"
+    license_must_accept: bool = False
+    source: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "urls", tuple(self.urls))
+        problems = []
+        if not _NAME.match(self.name):
+            problems.append("name must be lower-case letters, digits, '.', '_' or '-'")
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {', '.join(KINDS)}")
+        if not self.filename or "/" in self.filename or "\\" in self.filename or self.filename.startswith("."):
+            problems.append("filename must be a plain file name")
+        if self.sha256 is not None and not _SHA256.match(self.sha256):
+            problems.append("sha256 must be 64 lower-case hex digits or None")
+        if self.size is not None and (not isinstance(self.size, int) or self.size <= 0):
+            problems.append("size must be a positive number of bytes or None")
+        if not self.urls:
+            problems.append("at least one URL is needed")
+        for url in self.urls:
+            if not re.match(r"^https?://[^\s/]+/\S*$", url):
+                problems.append(f"not an http(s) URL: {url!r}")
+        if problems:
+            raise EssencekitError(f"invalid weight artifact {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 is not None

@@ -1,0 +1,1 @@
+"""Built-in weight artifacts (placeholder: being written)."""
