@@ -41,7 +41,7 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
             f"{path} is not a plain {what}: it holds objects that essencekit will not unpickle "
             f"({_refused_global(error)}); only tensors, numbers and strings are accepted"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except (RuntimeError, EOFError, KeyError, IndexError, zipfile.BadZipFile, ValueError, OSError) as error:
         first_line = (str(error).strip().splitlines() or ["unreadable"])[0]
         raise EssencekitError(
             f"cannot read {what} {path}: {first_line[:200]} (is the file complete? "

@@ -11,6 +11,13 @@ KINDS = ("generator", "encoder", "clip", "landmarks", "essence", "latents", "met
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
+# what pull-weights turns a downloaded file into, once its checksum holds (essencekit.convert):
+#   clip-torchscript  an OpenAI CLIP TorchScript archive -> safetensors in open_clip's layout
+#   essence-npy       a published TargetCLIP (1, n_latent, style_dim) .npy -> an essencekit essence .pt
+#   safe-checkpoint   a PyTorch checkpoint that weights_only=True refuses as published (an
+#                     argparse.Namespace, NumPy scalars) -> the same data as plain containers
+CONVERSIONS = ("clip-torchscript", "essence-npy", "safe-checkpoint")
+
 
 @dataclass(frozen=True)
 class WeightArtifact:
@@ -20,6 +27,8 @@ class WeightArtifact:
     for an unpinned file (its first download is pinned in the user's cache). ``size`` is in
     bytes (``None`` when unknown). ``license`` is the license text or its name and where it is
     published; ``license_must_accept`` makes ``pull-weights`` ask once before downloading.
+    ``convert`` (one of :data:`CONVERSIONS`, or ``None``) names the conversion applied once
+    after download; loaders then get the converted file from ``essencekit.cache.resolve_artifact``.
     """
 
     name: str
@@ -34,6 +43,7 @@ class WeightArtifact:
     license_must_accept: bool = False
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    convert: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "urls", tuple(self.urls))
@@ -48,6 +58,8 @@ class WeightArtifact:
             problems.append("sha256 must be 64 lower-case hex digits or None")
         if self.size is not None and (not isinstance(self.size, int) or self.size <= 0):
             problems.append("size must be a positive number of bytes or None")
+        if self.convert is not None and self.convert not in CONVERSIONS:
+            problems.append(f"convert must be one of {', '.join(CONVERSIONS)} or None")
         if not self.urls:
             problems.append("at least one URL is needed")
         for url in self.urls:

@@ -208,3 +208,20 @@ def test_the_installed_console_script_lists_an_entry_point_plugin(site):
     report = json.loads(result.stdout)
     assert "toy" in [p["name"] for p in report["plugins"]]
     assert "toy-weights" in [w["name"] for w in report["weights"]]
+
+
+def test_the_worked_example_plugin_installs_through_its_entry_point(site):
+    """docs/example-plugin, made discoverable exactly as its pyproject.toml declares."""
+    tomllib = pytest.importorskip("tomllib")
+    example = ROOT / "docs" / "example-plugin"
+    project = tomllib.loads((example / "pyproject.toml").read_text())["project"]
+    (entry_name, module), = project["entry-points"]["essencekit"].items()
+    source = (example / f"{module}.py").read_text()
+    _make_distribution(site, source, entry_name=entry_name, module=module)
+    plugins.reset()
+    assert not plugins.load_errors()
+    assert plugins.owner_of("clip_models", "ViT-B/16") == entry_name
+    artifact = plugins.registered("weights")["clip-vit-b-16"]
+    assert artifact.sha256 in artifact.urls[0] and artifact.kind == "clip"
+    variant = plugins.registered("clip_models")["ViT-B/16"]
+    assert variant.weights == artifact.name and variant.open_clip_config["quick_gelu"] is True

@@ -435,6 +435,11 @@ class E4E(nn.Module):
     def input_size(self) -> int:
         return self.encoder.config.input_size
 
+    def set_modulated_conv(self, form: str) -> "E4E":
+        """Choose the embedded generator's modulated-convolution form (backends call this)."""
+        self.generator.set_modulated_conv(form)
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """W+ codes with ``latent_avg``, differentiable (parameters stay frozen)."""
         return self.encoder(images) + self.latent_avg

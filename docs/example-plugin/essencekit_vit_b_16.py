@@ -1,0 +1,45 @@
+"""An essencekit plugin adding OpenAI's CLIP ViT-B/16 as a CLIP variant.
+
+After `pip install -e docs/example-plugin`:
+
+    essencekit pull-weights clip-vit-b-16
+    essencekit extract target.jpg --clip ViT-B/16
+"""
+
+import open_clip
+
+import essencekit
+
+SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"  # in OpenAI's URL
+
+
+@essencekit.hookimpl
+def register_weights(register):
+    register(
+        essencekit.WeightArtifact(
+            name="clip-vit-b-16",
+            kind="clip",
+            filename="ViT-B-16.pt",
+            urls=(f"https://openaipublic.azureedge.net/clip/models/{SHA256}/ViT-B-16.pt",),
+            sha256=SHA256,
+            size=None,
+            license="MIT (OpenAI CLIP, github.com/openai/CLIP)",
+            description="OpenAI CLIP ViT-B/16 (converted to safetensors on download)",
+            group="clip-extra",
+        )
+    )
+
+
+@essencekit.hookimpl
+def register_clip_models(register):
+    register(
+        essencekit.ClipVariant(
+            name="ViT-B/16",
+            # quick-GELU: OpenAI's weights in a GELU model load silently and compute wrong embeddings
+            open_clip_config=open_clip.get_model_config("ViT-B-16-quickgelu"),
+            weights="clip-vit-b-16",
+            mean=(0.48145466, 0.4578275, 0.40821073),
+            std=(0.26862954, 0.26130258, 0.27577711),
+            description="OpenAI CLIP ViT-B/16, finer patches than ViT-B/32",
+        )
+    )

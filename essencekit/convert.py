@@ -1,0 +1,219 @@
+"""One-time conversions ``pull-weights`` applies to a downloaded file after its checksum holds,
+so that no later run unpickles anything:
+
+* ``clip-torchscript``: OpenAI's CLIP TorchScript archive -> ``.safetensors`` in open_clip's
+  layout (``torch.jit.load(...).state_dict()`` without ``input_resolution``,
+  ``context_length`` and ``vocab_size``; dtypes as published).
+* ``essence-npy``: a published TargetCLIP direction (``(1, 18, 512)`` float32 ``.npy``, read
+  with ``allow_pickle=False``) -> an essencekit essence ``.pt``.
+* ``safe-checkpoint``: a PyTorch checkpoint that ``torch.load(weights_only=True)`` refuses as
+  published. It is read with torch's restricted (weights-only) unpickler plus an allow-list of
+  exactly the types such checkpoints carry (``argparse.Namespace``, NumPy scalars, dtypes and
+  numeric arrays); anything else is refused before a single object is built. The result is
+  saved with plain containers (the ``Namespace`` becomes a ``dict``, NumPy values become
+  Python numbers or tensors) so it loads with ``weights_only=True``. A checkpoint that already
+  loads that way is used as published, with no copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_path
+from .errors import EssencekitError
+from .weights import WeightArtifact
+
+CLIP_DROPPED_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _first_line(error: BaseException) -> str:
+    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:200]
+
+
+# --------------------------------------------------------------------------- CLIP
+
+
+def clip_torchscript_to_safetensors(source: Path, target: Path, *, metadata: dict[str, str] | None = None) -> Path:
+    """Write OpenAI's TorchScript CLIP ``source`` as safetensors ``target`` (open_clip keys)."""
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(source), map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - any failure here is "not a TorchScript CLIP"
+        raise EssencekitError(
+            f"{source} passed its checksum but is not a readable TorchScript archive ({_first_line(error)}); "
+            "report this, or load open_clip-layout safetensors with `--weights`"
+        ) from None
+    state = module.state_dict()
+    for key in CLIP_DROPPED_KEYS:
+        state.pop(key, None)
+    if not any(key.startswith("visual.") for key in state):
+        raise EssencekitError(f"{source} is a TorchScript archive but not a CLIP model (no 'visual.*' weights)")
+    # clone: safetensors refuses tensors that share storage, and TorchScript may share
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
+    del module, state
+    meta = {"format": "pt", "layout": "open_clip", "converted_by": "essencekit pull-weights"}
+    meta.update(metadata or {})
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return target
+
+
+# --------------------------------------------------------------------------- essences
+
+
+def essence_npy_to_pt(source: Path, target: Path, *, name: str, metadata: dict[str, str] | None = None,
+                      shape: tuple[int, ...] | None = None) -> Path:
+    """Turn a published TargetCLIP ``.npy`` into an essencekit essence file ``target``."""
+    import numpy as np
+
+    from .essence import Essence
+
+    if shape is not None:
+        try:
+            array = np.load(source, allow_pickle=False, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:
+            raise EssencekitError(f"{source} is not a plain NumPy array file ({_first_line(error)})") from None
+        if tuple(array.shape) != tuple(shape) or array.dtype != np.float32:
+            raise EssencekitError(
+                f"{source} is not the published essence: {array.dtype} {tuple(array.shape)}, expected float32 {tuple(shape)}"
+            )
+        del array
+    essence = Essence.from_npy(source, name=name)
+    essence.metadata.update({k: str(v) for k, v in (metadata or {}).items()})
+    essence.save(target)
+    return target
+
+
+# --------------------------------------------------------------------------- pickled checkpoints
+
+
+def _safe_globals() -> list:
+    """The allow-list: exactly the non-tensor types found in published research checkpoints."""
+    import numpy as np
+
+    items: list = [(argparse.Namespace, "argparse.Namespace")]
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    reconstruct = core.multiarray._reconstruct
+    for prefix in ("numpy.core", "numpy._core"):  # NumPy 1 and 2 pickle different paths
+        items.append((scalar, f"{prefix}.multiarray.scalar"))
+        items.append((reconstruct, f"{prefix}.multiarray._reconstruct"))
+    items.append((np.ndarray, "numpy.ndarray"))
+    items.append((np.dtype, "numpy.dtype"))
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        for name in ("Float16DType", "Float32DType", "Float64DType", "Int8DType", "Int16DType",
+                     "Int32DType", "Int64DType", "UInt8DType", "UInt16DType", "UInt32DType",
+                     "UInt64DType", "BoolDType"):
+            cls = getattr(dtypes, name, None)
+            if cls is not None:
+                items.append((cls, f"numpy.dtypes.{name}"))
+    return items
+
+
+def allowed_global_names() -> set[str]:
+    return {name for _, name in _safe_globals()}
+
+
+def _plain(obj: Any) -> Any:
+    """Replace the allow-listed Python objects with plain containers ``weights_only`` accepts."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, argparse.Namespace):
+        return {key: _plain(value) for key, value in vars(obj).items()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise EssencekitError(f"a checkpoint array has dtype {obj.dtype}; only numeric arrays are converted")
+        return torch.from_numpy(np.array(obj, copy=True))
+    if isinstance(obj, dict):
+        return type(obj)((key, _plain(value)) for key, value in obj.items()) if type(obj) is not dict \
+            else {key: _plain(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(value) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(value) for value in obj)
+    return obj
+
+
+def unsafe_globals(source: Path) -> list[str] | None:
+    """The globals ``weights_only`` would refuse in ``source``, or ``None`` if that cannot be
+    told without loading (a legacy, non-zip checkpoint)."""
+    import torch
+
+    if not zipfile.is_zipfile(source):
+        return None
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(source)))
+    except Exception:  # noqa: BLE001 - unknown layout: decide by loading
+        return None
+
+
+def safe_checkpoint(source: Path, target: Path) -> Path:
+    """Return ``source`` when it already loads with ``weights_only=True``; otherwise write its
+    plain-container conversion to ``target`` (allow-listed types only) and return ``target``."""
+    import torch
+
+    needed = unsafe_globals(source)
+    allowed = allowed_global_names()
+    if needed is not None:
+        if not needed:
+            return source
+        refused = sorted(set(needed) - allowed)
+        if refused:
+            raise EssencekitError(
+                f"{source} holds Python objects essencekit will not unpickle ({', '.join(refused[:6])}); "
+                "it cannot be converted to a safe checkpoint"
+            )
+    else:
+        with contextlib.suppress(pickle.UnpicklingError):
+            torch.load(source, map_location="cpu", weights_only=True)
+            return source
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            loaded = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise EssencekitError(
+            f"{source} holds objects outside essencekit's allow-list ({_first_line(error)[:160]}); "
+            "it cannot be converted to a safe checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        raise EssencekitError(f"cannot read checkpoint {source}: {_first_line(error)}") from None
+    plain = _plain(loaded)
+    del loaded
+    with atomic_path(target) as tmp:
+        torch.save(plain, tmp)
+    # prove the promise: the converted file loads with the plain weights-only unpickler
+    torch.load(target, map_location="cpu", weights_only=True, mmap=True)
+    return target
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def convert_artifact(artifact: WeightArtifact, source: Path, target: Path, *, metadata: dict[str, str]) -> Path:
+    """Apply ``artifact.convert`` to the verified ``source``; returns the ready file (which is
+    ``source`` itself when nothing needed converting)."""
+    if artifact.convert is None:
+        return source
+    if artifact.convert == "clip-torchscript":
+        return clip_torchscript_to_safetensors(source, target, metadata=metadata)
+    if artifact.convert == "essence-npy":
+        shape = artifact.extra.get("shape")
+        return essence_npy_to_pt(source, target, name=artifact.name, metadata=metadata,
+                                 shape=tuple(shape) if shape else None)
+    if artifact.convert == "safe-checkpoint":
+        return safe_checkpoint(source, target)
+    raise EssencekitError(f"unknown conversion {artifact.convert!r} for {artifact.name}")

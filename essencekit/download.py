@@ -1,0 +1,533 @@
+"""The download engine: one verified file from a list of mirrors.
+
+* Streams with ``requests`` into ``<final name>.part``, hashing while it streams; the part is
+  renamed onto the final name (atomically) only when its sha256 matches. A mismatch deletes
+  the part and moves on to the next mirror.
+* Resumes an interrupted part with an HTTP ``Range`` request; a server that answers ``200``
+  (it ignores ``Range``) restarts the part cleanly.
+* Retries with exponential backoff on timeouts, dropped connections, 5xx, 408 and 429; no
+  retry on 401/403/404/410 or any other answer that will not change (next mirror at once).
+* Any ``text/html`` answer is "not the file", except a Google Drive confirmation form
+  (``id="download-form"``, or the older ``confirm=`` link/cookie), which is followed.
+* ``ESSENCEKIT_OFFLINE=1`` forbids every request; a host that cannot be reached at all is not
+  retried, so "no network" is reported at once, in one line.
+* Ctrl-C leaves only the ``.part`` (for resuming) and re-raises; a full disk removes the part.
+
+:class:`RetryPolicy` (timeouts, attempts, backoff, and the ``sleep`` it uses) is injectable;
+:data:`DEFAULT_POLICY` is what the command line uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import html
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Callable, Sequence
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import requests
+
+from .cache import DiskFullError, write_error
+from .errors import EssencekitError
+
+ENV_OFFLINE = "ESSENCEKIT_OFFLINE"
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_DRIVE_HOSTS = ("drive.google.com", "drive.usercontent.google.com", "docs.google.com")
+_HTML_SNIFF = 512 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one mirror. ``sleep`` is injectable so tests run without waiting."""
+
+    attempts: int = 5
+    backoff: float = 1.0
+    factor: float = 2.0
+    max_backoff: float = 30.0
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    chunk_size: int = 1 << 20
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1, 2, ...)."""
+        return min(self.max_backoff, self.backoff * self.factor ** (retry - 1))
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+class DownloadError(EssencekitError):
+    """Every mirror failed; the message lists why, one reason per mirror."""
+
+
+class NoNetworkError(DownloadError):
+    """No mirror's host could be reached at all."""
+
+
+class OfflineError(EssencekitError):
+    """``ESSENCEKIT_OFFLINE`` is set and a download was needed."""
+
+
+def offline() -> bool:
+    """Whether ``ESSENCEKIT_OFFLINE`` forbids network access."""
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+class Progress:
+    """What the engine reports while it works; the default does nothing. The command line
+    plugs a Rich progress bar in here."""
+
+    def start(self, label: str, total: int | None, completed: int = 0) -> None:
+        """A transfer (or a restart of one) begins; ``completed`` bytes are already there."""
+
+    def update(self, completed: int) -> None:
+        """``completed`` bytes are in the part file."""
+
+    def finish(self) -> None:
+        """The transfer ended (successfully or not)."""
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    sha256: str
+    size: int
+    url: str
+
+
+def user_agent() -> str:
+    from . import __version__
+
+    return f"essencekit/{__version__} (weights downloader; python-requests {requests.__version__})"
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _MirrorFailed(Exception):
+    """This mirror will not give us the file; try the next one."""
+
+    def __init__(self, reason: str, *, unreachable: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.unreachable = unreachable
+
+
+class _Retry(Exception):
+    """A transient failure: wait and try the same mirror again (resuming the part)."""
+
+    def __init__(self, reason: str, *, wait: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+class _Restart(Exception):
+    """The part cannot be resumed: delete it and ask again from byte 0, now."""
+
+
+def _short(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path if len(parts.path) <= 60 else parts.path[:28] + "..." + parts.path[-28:]
+    return f"{parts.netloc}{path}"
+
+
+def _is_unreachable(error: requests.exceptions.ConnectionError) -> str | None:
+    """A reason when the host cannot be reached at all (DNS, refused, no route)."""
+    import urllib3.exceptions as u3
+
+    seen = set()
+    stack = [error]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, getattr(u3, "NameResolutionError", ())) or "Name or service not known" in str(item) \
+                or "nodename nor servname" in str(item) or "getaddrinfo failed" in str(item) \
+                or "Temporary failure in name resolution" in str(item):
+            return "cannot resolve the host name"
+        if isinstance(item, ConnectionRefusedError) or "Connection refused" in str(item):
+            return "connection refused"
+        if isinstance(item, OSError) and item.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "network unreachable"
+        if isinstance(item, u3.NewConnectionError):
+            return "cannot connect"
+        stack.extend([getattr(item, "reason", None), item.__cause__, item.__context__, *[
+            a for a in getattr(item, "args", ()) if isinstance(a, BaseException)]])
+    return None
+
+
+class _DriveForm(HTMLParser):
+    """Finds Google Drive's "virus scan warning" form and its hidden inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+        self._inside = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and attrs.get("id") == "download-form":
+            self.action = attrs.get("action") or ""
+            self._inside = True
+        elif tag == "input" and self._inside and attrs.get("name"):
+            if (attrs.get("type") or "").lower() in ("hidden", ""):
+                self.fields[attrs["name"]] = attrs.get("value") or ""
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._inside = False
+
+
+def drive_confirmation_url(page: str, page_url: str, cookies: dict[str, str] | None = None) -> str | None:
+    """The URL that Google Drive's confirmation page asks for, or ``None`` if ``page`` is not one.
+
+    Since 2024 Drive answers a large file with a form (``id="download-form"``, action
+    ``drive.usercontent.google.com/download``, hidden inputs ``id``, ``export``, ``confirm``,
+    ``uuid``); before that, with a ``confirm=`` link and a ``download_warning`` cookie.
+    """
+    parser = _DriveForm()
+    with contextlib.suppress(Exception):
+        parser.feed(page)
+    if parser.action is not None:
+        action = urljoin(page_url, html.unescape(parser.action))
+        query = urlencode(parser.fields)
+        return f"{action}{'&' if '?' in action else '?'}{query}" if query else action
+    match = re.search(r'href="(/uc\?export=download[^"]*?confirm=[^"]+)"', page)
+    if match:
+        return urljoin(page_url, html.unescape(match.group(1)))
+    for name, value in (cookies or {}).items():
+        if name.startswith("download_warning"):
+            return f"{page_url}{'&' if '?' in page_url else '?'}confirm={value}"
+    return None
+
+
+def _html_reason(page: str, url: str) -> str:
+    lowered = page.lower()
+    host = urlsplit(url).netloc
+    if any(host.endswith(h) for h in _DRIVE_HOSTS) or "google drive" in lowered:
+        if "quota" in lowered or "too many users" in lowered:
+            return "Google Drive refused: the file's download quota is exceeded (try later or another mirror)"
+        if "sign in" in lowered or "accounts.google.com" in lowered:
+            return "Google Drive asked for a sign-in (the file is not public)"
+        return "Google Drive answered with a web page, not the file"
+    return "served a web page (text/html), not the file"
+
+
+def _part_size(part: Path) -> int:
+    try:
+        return part.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name == "nt":  # pragma: no cover
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _finalize(part: Path, dest: Path) -> None:
+    try:
+        os.replace(part, dest)
+    except OSError as error:
+        raise write_error(error, dest) from None
+    _fsync_dir(dest.parent)
+
+
+class _Downloader:
+    def __init__(self, dest: Path, sha256: str | None, size: int | None, label: str,
+                 progress: Progress, policy: RetryPolicy, session: requests.Session):
+        self.dest = dest
+        self.part = dest.with_name(dest.name + ".part")
+        self.sha256 = sha256
+        self.size = size
+        self.label = label
+        self.progress = progress
+        self.policy = policy
+        self.session = session
+
+    # one mirror, with retries --------------------------------------------------------
+    def mirror(self, url: str) -> DownloadResult:
+        retries = 0
+        restarts = 0
+        while True:
+            try:
+                return self.attempt(url)
+            except _Restart:
+                _remove(self.part)
+                restarts += 1
+                if restarts > 2:
+                    raise _MirrorFailed("cannot resume or restart the transfer") from None
+            except _Retry as retry:
+                retries += 1
+                if retries >= self.policy.attempts:
+                    raise _MirrorFailed(f"{retry.reason} (gave up after {retries} tries)") from None
+                delay = self.policy.delay(retries)
+                if retry.wait is not None:
+                    delay = min(self.policy.max_backoff, max(delay, retry.wait))
+                self.policy.sleep(delay)
+
+    # one request -----------------------------------------------------------------------
+    def _get(self, url: str, headers: dict) -> requests.Response:
+        try:
+            return self.session.get(
+                url, headers=headers, stream=True, allow_redirects=True,
+                timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+            )
+        except requests.exceptions.Timeout:
+            raise _Retry("timed out") from None
+        except requests.exceptions.SSLError as error:
+            raise _MirrorFailed(f"TLS error ({_first_line(error)})") from None
+        except requests.exceptions.ConnectionError as error:
+            unreachable = _is_unreachable(error)
+            if unreachable:
+                raise _MirrorFailed(unreachable, unreachable=True) from None
+            raise _Retry("connection reset") from None
+        except requests.exceptions.InvalidURL as error:
+            raise _MirrorFailed(f"invalid URL ({_first_line(error)})") from None
+        except requests.exceptions.RequestException as error:
+            raise _MirrorFailed(_first_line(error)) from None
+
+    def attempt(self, url: str) -> DownloadResult:
+        existing = _part_size(self.part)
+        if self.size is not None and existing > self.size:
+            _remove(self.part)
+            existing = 0
+        if self.size is not None and existing == self.size and existing > 0:
+            # a complete part left by an interrupted run: check it without the network
+            digest = _hash_file(self.part)
+            if self.sha256 is None or digest == self.sha256:
+                _finalize(self.part, self.dest)
+                return DownloadResult(self.dest, digest, existing, url)
+            _remove(self.part)
+            existing = 0
+
+        headers = {"User-Agent": user_agent(), "Accept-Encoding": "identity"}
+        if existing:
+            headers["Range"] = f"bytes={existing}-"
+        current = url
+        for _hop in range(4):
+            response = self._get(current, headers)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if response.status_code in (200, 206) and content_type in ("text/html", "application/xhtml+xml"):
+                try:
+                    page = response.raw.read(_HTML_SNIFF, decode_content=True).decode("utf-8", "replace")
+                except Exception:  # noqa: BLE001 - an unreadable page is still not the file
+                    page = ""
+                finally:
+                    response.close()
+                follow = drive_confirmation_url(page, response.url, dict(self.session.cookies))
+                if follow and follow != current:
+                    current = follow
+                    continue
+                raise _MirrorFailed(_html_reason(page, response.url))
+            break
+        else:
+            raise _MirrorFailed("too many confirmation pages")
+        with contextlib.closing(response):
+            return self._stream(response, url, existing)
+
+    def _stream(self, response: requests.Response, url: str, existing: int) -> DownloadResult:
+        status = response.status_code
+        if status == 416 and existing:
+            raise _Restart()
+        if status in _RETRY_STATUS or 500 <= status < 600:
+            wait = None
+            retry_after = response.headers.get("Retry-After", "")
+            if retry_after.isdigit():
+                wait = float(retry_after)
+            raise _Retry(f"HTTP {status} {response.reason or ''}".strip(), wait=wait)
+        if status not in (200, 206):
+            raise _MirrorFailed(f"HTTP {status} {response.reason or ''}".strip())
+
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if not existing or not match or int(match.group(1)) != existing:
+                raise _Restart()  # a range we did not ask for: start over cleanly
+            total = int(match.group(3)) if match.group(3) != "*" else (
+                existing + length if length is not None else None)
+        else:
+            existing = 0  # 200: the server sends the whole file (it ignored Range): restart
+            total = length
+        if self.size is not None and total is not None and total != self.size:
+            raise _MirrorFailed(f"serves {total:,} bytes, expected {self.size:,}: not the same file")
+
+        expected_total = total if total is not None else self.size
+        if expected_total is not None:
+            try:
+                free = shutil.disk_usage(self.part.parent).free
+            except OSError:
+                free = None
+            if free is not None and expected_total - existing > free:
+                raise DiskFullError(
+                    f"not enough disk space for {self.label} in {self.part.parent}: it needs "
+                    f"{_mb(expected_total - existing)}, {_mb(free)} free; free some space, or put the cache "
+                    f"on another disk with ESSENCEKIT_HOME or --cache-dir"
+                )
+
+        hasher = hashlib.sha256()
+        if existing:
+            with open(self.part, "rb") as handle:
+                while chunk := handle.read(4 << 20):
+                    hasher.update(chunk)
+        received = existing
+        self.progress.start(self.label, expected_total, existing)
+        try:
+            try:
+                handle = open(self.part, "ab" if existing else "wb")
+            except OSError as error:
+                raise write_error(error, self.part) from None
+            with handle:
+                try:
+                    for chunk in response.iter_content(chunk_size=self.policy.chunk_size):
+                        if not chunk:
+                            continue
+                        try:
+                            handle.write(chunk)
+                        except OSError as error:
+                            raise _WriteFailed(error) from None
+                        hasher.update(chunk)
+                        received += len(chunk)
+                        self.progress.update(received)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except _WriteFailed as failed:
+                    raise failed.error from None
+                except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                        requests.exceptions.Timeout, ConnectionError) as error:
+                    kind = "timed out" if "timed out" in str(error).lower() else "connection dropped"
+                    raise _Retry(f"{kind} after {received:,} bytes") from None
+        except OSError as error:
+            # a full disk or a vanished folder while writing: never leave a half file behind
+            handle_error = write_error(error, self.part)
+            if isinstance(handle_error, DiskFullError):
+                _remove(self.part)
+            raise handle_error from None
+        finally:
+            self.progress.finish()
+
+        if total is not None and received < total:
+            raise _Retry(f"connection closed after {received:,} of {total:,} bytes")
+        if (total is not None and received > total) or (self.size is not None and received != self.size):
+            _remove(self.part)
+            raise _MirrorFailed(f"sent {received:,} bytes, expected {self.size or total:,}")
+        digest = hasher.hexdigest()
+        if self.sha256 is not None and digest != self.sha256:
+            _remove(self.part)
+            raise _MirrorFailed(
+                f"sha256 mismatch: the file it served hashes to {digest[:16]}..., expected "
+                f"{self.sha256[:16]}... (a wrong or corrupt file; deleted)"
+            )
+        _finalize(self.part, self.dest)
+        return DownloadResult(self.dest, digest, received, url)
+
+
+class _WriteFailed(Exception):
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _first_line(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text[:200]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _hash_file(path: Path) -> str:
+    from .cache import sha256_file
+
+    return sha256_file(path)
+
+
+# --------------------------------------------------------------------------- public entry
+
+
+def download(
+    urls: Sequence[str],
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+    policy: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+    hint: str = "",
+) -> DownloadResult:
+    """Fetch ``dest`` from the first of ``urls`` that serves the right bytes.
+
+    ``sha256`` (hex) and ``size`` (bytes) are checked when given; with ``sha256=None`` any
+    complete non-HTML answer is accepted and its digest returned (the caller pins it).
+    ``dest`` appears only once verified; ``dest + ".part"`` holds an unfinished transfer and is
+    resumed next time. Raises :class:`OfflineError` when ``ESSENCEKIT_OFFLINE`` is set,
+    :class:`NoNetworkError` when no host answered, :class:`DownloadError` when every mirror
+    failed (one reason per mirror; ``hint`` is appended), and the cache's one-line errors for a
+    full disk or an unwritable folder. ``KeyboardInterrupt`` propagates, leaving the part.
+    """
+    dest = Path(dest)
+    label = label or dest.name
+    if offline():
+        raise OfflineError(
+            f"cannot download {label}: network access is disabled ({ENV_OFFLINE}=1){'; ' + hint if hint else ''}"
+        )
+    if not urls:
+        raise DownloadError(f"cannot download {label}: no URL is known for it{'; ' + hint if hint else ''}")
+    from .cache import ensure_dir
+
+    ensure_dir(dest.parent)
+    own_session = session is None
+    session = session or requests.Session()
+    engine = _Downloader(dest, sha256, size, label, progress or Progress(), policy or DEFAULT_POLICY, session)
+    failures: list[str] = []
+    unreachable: list[tuple[str, str]] = []
+    try:
+        for url in urls:
+            try:
+                return engine.mirror(url)
+            except _MirrorFailed as failed:
+                failures.append(f"{_short(url)}: {failed.reason}")
+                if failed.unreachable:
+                    unreachable.append((urlsplit(url).netloc, failed.reason))
+    finally:
+        if own_session:
+            session.close()
+    suffix = f"; {hint}" if hint else ""
+    if len(unreachable) == len(urls):
+        hosts = ", ".join(dict.fromkeys(host for host, _ in unreachable))
+        reason = unreachable[0][1]
+        raise NoNetworkError(
+            f"no network: cannot reach {hosts} ({reason}) to download {label}; check the connection "
+            f"or proxy settings{suffix}"
+        )
+    raise DownloadError(f"could not download {label}: " + "; ".join(failures) + suffix)
