@@ -246,9 +246,13 @@ def read_record(artifact: WeightArtifact | str) -> CacheRecord | None:
     if not data or data.get("version") != _RECORD_VERSION:
         return None
     try:
-        return CacheRecord(**{k: data[k] for k in CacheRecord.__dataclass_fields__ if k in data})
+        record = CacheRecord(**{k: data[k] for k in CacheRecord.__dataclass_fields__ if k in data})
     except TypeError:
         return None
+    if not isinstance(record.ready, str) or not record.ready or "/" in record.ready or "\\" in record.ready \
+            or record.ready.startswith("."):
+        return None  # a record must name a file inside the artifact's own folder
+    return record
 
 
 def write_record(record: CacheRecord) -> None:

@@ -80,6 +80,24 @@ class Essence:
             return float(value)
         return float(self.coefficients.mean()) if self.coefficients.numel() else 1.0
 
+    def info(self) -> dict:
+        """The metadata with structured values (JSON lists and objects) decoded, plus the
+        direction's shape and norm and the coefficients: what ``essencekit info`` shows."""
+        decoded: dict = {}
+        for key, value in self.metadata.items():
+            decoded[key] = value
+            if value[:1] in ("[", "{"):
+                try:
+                    decoded[key] = json.loads(value)
+                except ValueError:
+                    pass
+        decoded.setdefault("format_version", FORMAT_VERSION)
+        decoded["direction_shape"] = list(self.direction.shape)
+        decoded["direction_norm"] = float(self.direction.norm())
+        decoded["recommended_strength"] = self.recommended_strength
+        decoded["coefficients"] = [float(c) for c in self.coefficients]
+        return decoded
+
     @classmethod
     def from_npy(cls, path: str | os.PathLike, name: str | None = None) -> "Essence":
         """Import a published TargetCLIP direction ((1, n_latent, style_dim) float32 ``.npy``)."""

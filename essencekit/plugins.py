@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "essencekit_builtins.backends",
     "essencekit_builtins.clip_models",
     "essencekit_builtins.weights",
+    "essencekit_builtins.aligners",
 )
 
 # registry name -> (hook name, what the registered object must be, the key to index it by)

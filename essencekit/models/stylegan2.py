@@ -350,13 +350,19 @@ class Generator(nn.Module):
     def forward(self, w_plus: Tensor, noise: str | Sequence[Tensor | None] = "const") -> Tensor:
         return self.synthesis(w_plus, noise)
 
-    def synthesis(self, w_plus: Tensor, noise: str | Sequence[Tensor | None] = "const") -> Tensor:
+    def synthesis(
+        self, w_plus: Tensor, noise: str | Sequence[Tensor | None] = "const", max_size: int | None = None
+    ) -> Tensor:
         """Images [B, 3, size, size] (range about [-1, 1]) from W+ [B, n_latent, style_dim].
 
         A plain w [B, style_dim] is used for every row. ``noise``: ``"const"`` the model's
         fixed noise maps (``noises.noise_j``), ``"random"`` fresh standard-normal maps per
         sample, or a list of ``num_noise_layers`` tensors broadcastable to [B, 1, r, r]
         (``None`` entries are drawn at random).
+
+        ``max_size`` (a power of two from 4 to ``size``) stops after that resolution and
+        returns the RGB skip image there, [B, 3, max_size, max_size]: a cheap preview of the
+        full image whose W+ rows beyond ``2 * log2(max_size) - 2`` have no effect.
         """
         if w_plus.ndim == 2:
             w_plus = w_plus.unsqueeze(1).expand(-1, self.n_latent, -1)
@@ -365,11 +371,18 @@ class Generator(nn.Module):
                 f"w_plus must be [batch, {self.n_latent}, {self.style_dim}] or "
                 f"[batch, {self.style_dim}], got {list(w_plus.shape)}"
             )
+        blocks = self.config.log_size - 1
+        if max_size is not None:
+            if isinstance(max_size, bool) or not isinstance(max_size, int) or not (
+                4 <= max_size <= self.size and max_size & (max_size - 1) == 0
+            ):
+                raise ValueError(f"max_size must be a power of two from 4 to {self.size}, got {max_size!r}")
+            blocks = max_size.bit_length() - 2
         noises = self._resolve_noise(noise, w_plus.shape[0])
         # Random noise is drawn up front, so a checkpointed block recomputes with the same maps.
         use_checkpoint = self.checkpoint_blocks and torch.is_grad_enabled()
         out = skip = None
-        for block in range(self.config.log_size - 1):
+        for block in range(blocks):
             args = (block, out, skip, w_plus, *noises[max(0, 2 * block - 1) : 2 * block + 1])
             if use_checkpoint:
                 out, skip = checkpoint(self._block, *args, use_reentrant=False)

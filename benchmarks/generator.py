@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Time the StyleGAN2 generator: essencekit's forms beside the reference form.
+
+    python benchmarks/generator.py [--backend cpu] [--sizes 1024] [--batches 1,4] [--repeats N]
+                                   [--variants reference,grouped,shared,shared+checkpoint]
+                                   [--json out.json] [--markdown out.md] [--quick]
+
+Each variant runs in its own process; see ``--help`` and :mod:`essencekit.bench.generator`.
+The logic lives in the installed package so that it also runs outside a source checkout.
+"""
+
+import sys
+
+from essencekit.bench.generator import main
+
+if __name__ == "__main__":
+    sys.exit(main())

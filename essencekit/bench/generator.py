@@ -1,0 +1,696 @@
+"""Benchmark of the StyleGAN2 generator: essencekit's forms against the reference form.
+
+Times the synthesis network (W+ in, images out, constant noise, random weights with a fixed
+seed) forward and forward + backward (the gradient with respect to W+, weights frozen: what
+essence extraction runs) on one backend, for these variants:
+
+* ``reference``: the reference implementation's resampling ops
+  (:mod:`essencekit.bench.reference_ops`) with the grouped modulated convolution,
+* ``grouped``: essencekit's ops (depthwise blur, transposed-convolution upsampling), grouped
+  modulated convolution,
+* ``shared``: essencekit's ops with the shared-weight (non-grouped) modulated convolution,
+* ``shared+checkpoint``: as ``shared`` with ``checkpoint_blocks=True`` (forward + backward
+  only: checkpointing changes nothing without gradients); ``grouped+checkpoint`` on request.
+
+Every variant runs in its own worker process (one per variant and operation, batches in
+increasing order), so that the peak memory of each figure is that configuration's own: the
+peak resident set size of the process on the CPU (``ru_maxrss``, which never goes down, hence
+the ascending batches), the backend's peak device memory elsewhere. Each operation is warmed
+up once at its smallest batch, then timed up to ``repeats`` times (fewer for slow cases, see
+``time_budget_s``); the figure is the median.
+
+Batch-1 outputs (images and W+ gradients) of every variant are compared with the reference's.
+The report recommends the modulated-convolution form for the backend from the measured times.
+
+Run ``python benchmarks/generator.py --help`` (or ``python -m essencekit.bench.generator``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import measure
+
+MODULE = "essencekit.bench.generator"
+OPS = ("forward", "fwd+bwd")
+DEFAULT_SIZE = 1024
+QUICK_SIZE = 256
+DEFAULT_BATCHES = (1, 4)
+DEFAULT_REPEATS = 3
+DEFAULT_TIME_BUDGET_S = 20.0
+DEFAULT_SEED = 0
+# The issue's goal, for fwd+bwd at 1024 px and batch 4 against the reference form.
+GOAL_CASE = (1024, "fwd+bwd", 4)
+GOAL_SPEEDUP = 3.0
+GOAL_PEAK_GIB = 8.0
+# Relative agreement with the reference's batch-1 outputs that counts as the same result.
+AGREEMENT_TOLERANCE = {"float32": 1e-4, "reduced": 5e-2}
+# Below this relative time difference the two modulated-convolution forms are "as fast".
+CLEAR_DIFFERENCE = 0.03
+# The reference form's peak for fwd+bwd, 1024 px, batch 4, on the CPU (REFERENCE-FACTS.md).
+REFERENCE_PEAK_HINT_GIB = 21.1
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    modulated_conv: str
+    reference_ops: bool = False
+    checkpoint_blocks: bool = False
+    ops: tuple[str, ...] = OPS
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "reference",
+            "reference upfirdn2d (B*C single-channel convolutions, layout copies), grouped modulated conv",
+            "grouped", reference_ops=True,
+        ),
+        Variant("grouped", "essencekit ops, grouped modulated conv", "grouped"),
+        Variant("shared", "essencekit ops, shared-weight (non-grouped) modulated conv", "shared"),
+        Variant(
+            "shared+checkpoint", "as shared, checkpoint_blocks=True (recompute in backward)",
+            "shared", checkpoint_blocks=True, ops=("fwd+bwd",),
+        ),
+        Variant(
+            "grouped+checkpoint", "as grouped, checkpoint_blocks=True (recompute in backward)",
+            "grouped", checkpoint_blocks=True, ops=("fwd+bwd",),
+        ),
+    )
+}
+DEFAULT_VARIANTS = ("reference", "grouped", "shared", "shared+checkpoint")
+
+
+def ffhq_config(size: int = DEFAULT_SIZE, *, channel_multiplier: int = 2, max_channels: int | None = None):
+    """The FFHQ ("config-f") generator architecture at ``size`` px.
+
+    Widths 512 up to 32 px, then 256, 128, 64, 32, 16 (times ``channel_multiplier``) at 64,
+    128, ..., 1024 px: at 1024 and multiplier 2 (512, 512, 512, 512, 512, 256, 128, 64, 32).
+    ``max_channels`` caps every width (smaller models for smoke tests).
+    """
+    from ..models.stylegan2 import GeneratorConfig
+
+    widths = []
+    resolution = 4
+    while resolution <= size:
+        width = 512 if resolution <= 32 else min(512, 16 * channel_multiplier * 1024 // resolution)
+        widths.append(width if max_channels is None else min(width, max_channels))
+        resolution *= 2
+    return GeneratorConfig(size=size, style_dim=512, n_mlp=8, channels=tuple(widths))
+
+
+# --------------------------------------------------------------------------------------------
+# The worker: one process, one variant, a few (op, batch) cases
+
+
+def build_generator(config, variant: Variant, backend, seed: int = DEFAULT_SEED):
+    """The generator of ``variant`` with random weights drawn from ``seed``, ready on ``backend``."""
+    import torch
+
+    from ..models.stylegan2 import Generator
+    from .reference_ops import use_reference_ops
+
+    torch.manual_seed(seed)
+    model = Generator(config)
+    if variant.reference_ops:
+        use_reference_ops(model)
+    model.eval().requires_grad_(False)
+    # prepare() sets the backend's own modulated-conv form: the variant's wins afterwards
+    model = backend.prepare(model)
+    model.set_modulated_conv(variant.modulated_conv)
+    model.checkpoint_blocks = variant.checkpoint_blocks
+    return model
+
+
+def random_w_plus(config, batch: int, seed: int = DEFAULT_SEED):
+    """W+ [batch, n_latent, style_dim], standard normal, drawn on the CPU from ``seed + 1``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(batch, config.n_latent, config.style_dim, generator=generator)
+
+
+def _step(model, op: str, w_plus, backend, autocast: bool, keep: bool) -> Callable[[], Any]:
+    import contextlib
+
+    import torch
+
+    amp = backend.autocast if autocast else contextlib.nullcontext
+
+    def forward():
+        with torch.no_grad(), amp():
+            image = model.synthesis(w_plus, noise="const")
+        return {"image": image.float().cpu()} if keep else None
+
+    def forward_backward():
+        w = w_plus.detach().clone().requires_grad_(True)
+        with amp():
+            image = model.synthesis(w, noise="const")
+        image.float().sum().backward()
+        return {"image": image.detach().float().cpu(), "grad": w.grad.float().cpu()} if keep else None
+
+    if op == "forward":
+        return forward
+    if op == "fwd+bwd":
+        return forward_backward
+    raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
+
+
+def measure_cases(spec: dict) -> dict:
+    """Run one worker's cases (in this process) and return their figures.
+
+    ``spec``: ``config`` (GeneratorConfig fields), ``variant``, ``cases`` ([op, batch] pairs,
+    memory-ascending), ``backend``, ``repeats``, ``time_budget_s``, ``warmup``, ``autocast``,
+    ``seed`` and ``save_dir`` (where batch-1 outputs go, or ``None``).
+    """
+    import torch
+
+    from ..backends import select_backend
+    from ..models.stylegan2 import GeneratorConfig
+
+    backend = select_backend(spec.get("backend"))
+    config = GeneratorConfig(**spec["config"])
+    variant = VARIANTS[spec["variant"]]
+    seed = int(spec.get("seed", DEFAULT_SEED))
+    autocast = bool(spec.get("autocast", True))
+    save_dir = spec.get("save_dir")
+    device_memory = backend.device.type != "cpu"
+
+    model = build_generator(config, variant, backend, seed)
+    rss_model = measure.current_rss_bytes()
+    warmed: set[str] = set()
+    cases = []
+    for op, batch in spec["cases"]:
+        keep = bool(save_dir) and batch == 1
+        w_plus = random_w_plus(config, batch, seed).to(backend.device)
+        step = _step(model, op, w_plus, backend, autocast, keep)
+        if spec.get("warmup", True) and op not in warmed:
+            step()
+            backend.synchronize()
+        warmed.add(op)
+        backend.reset_peak_memory()
+        times, output = measure.time_repeats(
+            step, repeats=int(spec.get("repeats", DEFAULT_REPEATS)),
+            budget_s=spec.get("time_budget_s"), synchronize=backend.synchronize,
+        )
+        peak_rss = measure.peak_rss_bytes()
+        peak_device = backend.peak_memory() if device_memory else None
+        record = {
+            "op": op,
+            "batch": batch,
+            "times_s": times,
+            "median_s": measure.median(times),
+            "peak_rss_bytes": peak_rss,
+            "peak_device_bytes": peak_device,
+            "peak_bytes": peak_device if device_memory and peak_device is not None else peak_rss,
+            "peak_kind": "device" if device_memory and peak_device is not None else "rss",
+        }
+        if keep and output is not None:
+            path = Path(save_dir) / f"{config.size}-{variant.name}-{op}.pt"
+            torch.save(output, path)
+            record["output_path"] = str(path)
+        output = step = w_plus = None
+        cases.append(record)
+    return {
+        "variant": variant.name,
+        "size": config.size,
+        "rss_after_model_bytes": rss_model,
+        "torch_threads": torch.get_num_threads(),
+        "cases": cases,
+    }
+
+
+def _worker_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    result = measure_cases(spec)
+    Path(spec["result_path"]).write_text(json.dumps(result))
+    return 0
+
+
+def subprocess_runner(timeout: float | None = None) -> Callable[[dict, str], dict]:
+    """Runs each worker in a fresh ``python -m essencekit.bench.generator --worker`` process."""
+
+    def run(spec: dict, workdir: str) -> dict:
+        return measure.run_worker(MODULE, spec, workdir, timeout=timeout)
+
+    return run
+
+
+def in_process_runner(spec: dict, workdir: str) -> dict:
+    """Runs each worker in this process (tests; peak memory is then this process's)."""
+    return measure_cases(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# The parent: plan, run, compare, summarise
+
+
+def plan_workers(configs: Sequence, variants: Sequence[str], batches: Sequence[int]) -> list[dict]:
+    """One worker per (size, variant, op); batches ascending so the process peak is each
+    batch's own. With a single batch, one worker runs forward then fwd+bwd (which needs more)."""
+    batches = sorted(set(batches))
+    plans = []
+    for config in configs:
+        for name in variants:
+            ops = [op for op in OPS if op in VARIANTS[name].ops]
+            if len(batches) == 1:
+                groups = [[(op, batches[0]) for op in ops]]
+            else:
+                groups = [[(op, b) for b in batches] for op in ops]
+            for cases in groups:
+                plans.append({"config": asdict(config), "variant": name, "cases": cases})
+    return plans
+
+
+def _relative(diff: float, scale: float) -> float:
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+
+
+def compare_outputs(outputs: dict[tuple[int, str], dict[str, dict]], tolerance: float) -> list[dict]:
+    """Max differences of every variant's batch-1 image and W+ gradient from the reference's."""
+    import torch
+
+    rows = []
+    for (size, name), by_op in outputs.items():
+        if name == "reference":
+            continue
+        ref = outputs.get((size, "reference"), {})
+        row: dict[str, Any] = {"size": size, "variant": name}
+        mine = {op: torch.load(path, weights_only=True) for op, path in by_op.items() if op in ref}
+        theirs_by_op = {op: torch.load(ref[op], weights_only=True) for op in mine}
+        for key, ops in (("image", ("forward", "fwd+bwd")), ("grad", ("fwd+bwd",))):
+            for op in ops:
+                if key in mine.get(op, {}) and key in theirs_by_op[op]:
+                    ours, theirs = mine[op][key], theirs_by_op[op][key]
+                    diff = (ours - theirs).abs().max().item()
+                    row[f"{key}_max_abs_diff"] = diff
+                    row[f"{key}_rel_diff"] = _relative(diff, theirs.abs().max().item())
+                    row[f"{key}_from"] = op
+                    break
+        rels = [row[k] for k in ("image_rel_diff", "grad_rel_diff") if k in row]
+        if rels:
+            row["identical"] = max(rels) <= tolerance
+            rows.append(row)
+    return rows
+
+
+def recommend_modulated_conv(rows: Sequence[dict], backend_name: str, current: str) -> dict | None:
+    """Which modulated-convolution form was faster, by the geometric mean of the time ratio
+    shared / grouped over fwd+bwd (what extraction runs; all ops when fwd+bwd is missing)."""
+    times = {
+        (r["size"], r["op"], r["batch"], r["variant"]): r["median_s"]
+        for r in rows if r.get("median_s")
+    }
+    pairs = [
+        {"size": s, "op": op, "batch": b, "grouped_s": times[(s, op, b, "grouped")], "shared_s": t}
+        for (s, op, b, v), t in times.items()
+        if v == "shared" and (s, op, b, "grouped") in times
+    ]
+    if not pairs:
+        return None
+    basis = [p for p in pairs if p["op"] == "fwd+bwd"] or pairs
+    ratio = math.exp(sum(math.log(p["shared_s"] / p["grouped_s"]) for p in basis) / len(basis))
+    faster = "shared" if ratio < 1 else "grouped"
+    return {
+        "backend": backend_name,
+        "faster": faster,
+        "shared_over_grouped": ratio,
+        "clear": abs(1 - ratio) >= CLEAR_DIFFERENCE,
+        "basis": "fwd+bwd" if basis[0]["op"] == "fwd+bwd" else "all",
+        "pairs": pairs,
+        "backend_uses": current,
+        "agrees": faster == current,
+    }
+
+
+def evaluate_goal(rows: Sequence[dict]) -> dict | None:
+    """The issue's goal at fwd+bwd, 1024 px, batch 4: >= 3x the reference and < 8 GiB peak."""
+    size, op, batch = GOAL_CASE
+    here = {r["variant"]: r for r in rows if (r["size"], r["op"], r["batch"]) == GOAL_CASE}
+    if not any(v != "reference" for v in here):
+        return None
+    verdicts = []
+    for name, row in here.items():
+        if name == "reference" or not row.get("median_s"):
+            continue
+        speedup, peak = row.get("speedup_vs_reference"), measure.gib(row.get("peak_bytes"))
+        verdicts.append({
+            "variant": name,
+            "speedup_vs_reference": speedup,
+            "peak_gib": peak,
+            "met": speedup is not None and speedup >= GOAL_SPEEDUP and peak is not None and peak < GOAL_PEAK_GIB,
+        })
+    return {
+        "case": {"size": size, "op": op, "batch": batch},
+        "min_speedup": GOAL_SPEEDUP,
+        "max_peak_gib": GOAL_PEAK_GIB,
+        "variants": verdicts,
+    }
+
+
+def benchmark(
+    configs: Sequence,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    *,
+    backend: str | None = None,
+    repeats: int = DEFAULT_REPEATS,
+    time_budget_s: float | None = DEFAULT_TIME_BUDGET_S,
+    warmup: bool = True,
+    autocast: bool = True,
+    seed: int = DEFAULT_SEED,
+    runner: Callable[[dict, str], dict] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the benchmark and return the report (plain data, JSON-serialisable)."""
+    from ..backends import select_backend
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    chosen = select_backend(backend)
+    runner = runner or subprocess_runner()
+    progress = progress or (lambda message: None)
+    info = measure.machine_info(chosen)
+    reduced = autocast and info["autocast_dtype"] != "float32"
+    started = time.perf_counter()
+    rows: list[dict] = []
+    outputs: dict[tuple[int, str], dict[str, str]] = {}
+    plans = plan_workers(configs, variants, batches)
+    with tempfile.TemporaryDirectory(prefix="essencekit-bench-") as workdir:
+        for index, plan in enumerate(plans, 1):
+            size, name = plan["config"]["size"], plan["variant"]
+            label = f"{size} px {name} " + ", ".join(f"{op} b{b}" for op, b in plan["cases"])
+            progress(f"[{index}/{len(plans)}] {label} ...")
+            spec = dict(
+                plan, backend=chosen.name, repeats=repeats, time_budget_s=time_budget_s,
+                warmup=warmup, autocast=autocast, seed=seed, save_dir=workdir,
+            )
+            t0 = time.perf_counter()
+            result = runner(spec, workdir)
+            done = {(c["op"], c["batch"]): c for c in result.get("cases", [])}
+            for op, batch in plan["cases"]:
+                case = done.get((op, batch))
+                row = {"size": size, "variant": name, "op": op, "batch": batch}
+                if case is None:
+                    row["error"] = result.get("error", "no result")
+                else:
+                    row.update({k: v for k, v in case.items() if k != "output_path"})
+                    row["runs"] = len(case["times_s"])
+                    row["images_per_s"] = batch / case["median_s"] if case["median_s"] else None
+                    if "output_path" in case:
+                        outputs.setdefault((size, name), {})[op] = case["output_path"]
+                rows.append(row)
+            status = f"failed: {result['error']}" if "error" in result else "done"
+            progress(f"[{index}/{len(plans)}] {label}: {status} in {time.perf_counter() - t0:.1f} s")
+        agreement = compare_outputs(outputs, AGREEMENT_TOLERANCE["reduced" if reduced else "float32"])
+
+    reference = {
+        (r["size"], r["op"], r["batch"]): r["median_s"]
+        for r in rows if r["variant"] == "reference" and r.get("median_s")
+    }
+    for row in rows:
+        ref = reference.get((row["size"], row["op"], row["batch"]))
+        row["speedup_vs_reference"] = ref / row["median_s"] if ref and row.get("median_s") else None
+    return {
+        "benchmark": "stylegan2-generator",
+        "machine": info,
+        "settings": {
+            "sizes": sorted({c.size for c in configs}),
+            "configs": [asdict(c) for c in configs],
+            "variants": list(variants),
+            "batches": sorted(set(batches)),
+            "repeats": repeats,
+            "time_budget_s": time_budget_s,
+            "warmup": warmup,
+            "autocast": autocast,
+            "precision": info["autocast_dtype"] if autocast else "float32",
+            "seed": seed,
+            "input": "W+ [batch, n_latent, style_dim] standard normal, constant noise",
+            "fwd+bwd": "d sum(images) / d W+, weights frozen",
+        },
+        "variants": {name: VARIANTS[name].description for name in variants},
+        "results": rows,
+        "agreement": agreement,
+        "recommendation": recommend_modulated_conv(rows, chosen.name, chosen.modulated_conv),
+        "goal": evaluate_goal(rows),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Presentation
+
+
+def _sorted_rows(report: dict) -> list[dict]:
+    order = {name: i for i, name in enumerate(report["settings"]["variants"])}
+    return sorted(
+        report["results"],
+        key=lambda r: (r["size"], OPS.index(r["op"]), r["batch"], order.get(r["variant"], 99)),
+    )
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _peak_label(report: dict) -> str:
+    kinds = {r.get("peak_kind") for r in report["results"] if r.get("peak_kind")}
+    return "peak device GiB" if kinds == {"device"} else "peak RSS GiB" if kinds == {"rss"} else "peak GiB"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The verdicts under the table: agreement, the modulated-conv recommendation, the goal."""
+    lines = []
+    for row in report["agreement"]:
+        parts = []
+        if "image_rel_diff" in row:
+            parts.append(
+                f"image max |diff| {row['image_max_abs_diff']:.2e} ({row['image_rel_diff']:.1e} of max)"
+            )
+        if "grad_rel_diff" in row:
+            parts.append(f"W+ gradient {row['grad_rel_diff']:.1e} of max")
+        verdict = "same results" if row["identical"] else "DIFFERENT RESULTS"
+        lines.append(f"{row['size']} px {row['variant']} vs reference, batch 1: " + ", ".join(parts) + f": {verdict}")
+    rec = report.get("recommendation")
+    if rec:
+        basis = "fwd+bwd" if rec["basis"] == "fwd+bwd" else "all cases"
+        cases = ", ".join(
+            f"{p['op']} {p['size']} px b{p['batch']}: shared {p['shared_s']:.2f} s / grouped {p['grouped_s']:.2f} s"
+            for p in rec["pairs"]
+        )
+        if rec["clear"]:
+            verdict = f"{rec['faster']} is faster"
+        else:
+            verdict = f"no clear difference (under {CLEAR_DIFFERENCE:.0%}); {rec['faster']} was faster here"
+        agree = "agrees" if rec["agrees"] else "differs: consider changing it"
+        lines.append(
+            f"Modulated conv on {rec['backend']}: shared takes {rec['shared_over_grouped']:.2f}x the time of "
+            f"grouped (geometric mean over {basis}) -> {verdict}; the {rec['backend']} backend uses "
+            f"{rec['backend_uses']} ({agree}). [{cases}]"
+        )
+    goal = report.get("goal")
+    if goal:
+        for v in goal["variants"]:
+            lines.append(
+                f"Goal (fwd+bwd, 1024 px, batch 4: >= {goal['min_speedup']:g}x the reference, "
+                f"< {goal['max_peak_gib']:g} GiB): {v['variant']} "
+                f"{_fmt(v['speedup_vs_reference'], '.2f', 'x')}, {_fmt(v['peak_gib'], '.2f', ' GiB')}: "
+                + ("met" if v["met"] else "NOT met")
+            )
+    failed = [r for r in report["results"] if r.get("error")]
+    for row in failed:
+        lines.append(f"FAILED {row['size']} px {row['variant']} {row['op']} b{row['batch']}: {row['error']}")
+    return lines
+
+
+def render(report: dict, console=None) -> None:
+    """Print the machine, the table and the verdicts with Rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    settings = report["settings"]
+    for line in measure.describe_machine(report["machine"]):
+        console.print(line, highlight=False)
+    table = Table(
+        title=(
+            f"StyleGAN2 generator, {'/'.join(map(str, settings['sizes']))} px, random weights, "
+            f"W+ input, constant noise, {settings['precision']}, backend {report['machine']['backend']}"
+        ),
+        title_justify="left",
+    )
+    for header, justify in (
+        ("size", "right"), ("variant", "left"), ("op", "left"), ("batch", "right"), ("runs", "right"),
+        ("median s", "right"), ("images/s", "right"), (_peak_label(report), "right"),
+        ("vs reference", "right"),
+    ):
+        table.add_column(header, justify=justify)
+    previous = None
+    for row in _sorted_rows(report):
+        group = (row["size"], row["op"], row["batch"])
+        if previous is not None and group != previous:
+            table.add_section()
+        previous = group
+        if row.get("error"):
+            cells = ["-", "failed", "-", "-", "-"]
+        else:
+            cells = [
+                str(row["runs"]), _fmt(row["median_s"], ".2f"), _fmt(row["images_per_s"], ".3g"),
+                _fmt(measure.gib(row["peak_bytes"]), ".2f"), _fmt(row["speedup_vs_reference"], ".2f", "x"),
+            ]
+        table.add_row(str(row["size"]), row["variant"], row["op"], str(row["batch"]), *cells)
+    console.print(table)
+    for line in summary_lines(report):
+        console.print(line, highlight=False, markup=False)
+    console.print(f"Total wall time {report['wall_s']:.0f} s.", highlight=False)
+
+
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (for docs/performance.md)."""
+    lines = [
+        f"| size | variant | op | batch | median s | images/s | {_peak_label(report)} | vs reference |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in _sorted_rows(report):
+        if row.get("error"):
+            lines.append(f"| {row['size']} | {row['variant']} | {row['op']} | {row['batch']} | failed | | | |")
+            continue
+        lines.append(
+            f"| {row['size']} | {row['variant']} | {row['op']} | {row['batch']} | {row['median_s']:.2f} | "
+            f"{row['images_per_s']:.3g} | {_fmt(measure.gib(row['peak_bytes']), '.2f')} | "
+            f"{_fmt(row['speedup_vs_reference'], '.2f', 'x')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _variant_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/generator.py",
+        description=(
+            "Time the StyleGAN2 generator (random weights, W+ input, constant noise) forward and "
+            "forward+backward, essencekit's forms beside the reference form, each variant in its own "
+            "process; print times, speed-ups, peak memory and the faster modulated convolution."
+        ),
+    )
+    parser.add_argument("--backend", help="compute backend (default: $ESSENCEKIT_BACKEND or the best available)")
+    parser.add_argument("--sizes", type=_int_list, help=f"image sizes, comma-separated (default {DEFAULT_SIZE})")
+    parser.add_argument("--batches", type=_int_list, help="batch sizes, comma-separated (default 1,4)")
+    parser.add_argument(
+        "--repeats", type=int, help=f"timed runs per case at most; the median is reported (default {DEFAULT_REPEATS})"
+    )
+    parser.add_argument(
+        "--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S, metavar="SECONDS",
+        help="no further run of a case once another would take its total past this (default %(default)g; 0: "
+        "always --repeats runs)",
+    )
+    parser.add_argument(
+        "--variants", type=_variant_list, default=list(DEFAULT_VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to this JSON file")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the table as Markdown to this file")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"a short smoke run: size {QUICK_SIZE}, batch 1, 1 repeat (unless given explicitly), no warm-up",
+    )
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up run")
+    parser.add_argument("--fp32", action="store_true", help="no autocast on backends that use reduced precision")
+    parser.add_argument("--max-channels", type=int, metavar="N", help="cap every feature width (smoke tests)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the random weights and W+")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up on a worker process after this")
+    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, runner: Callable[[dict, str], dict] | None = None) -> int:
+    """The command line; returns the exit status (1 when a case failed)."""
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        return _worker_main(args.worker)
+
+    from rich.console import Console
+
+    from ..errors import EssencekitError
+
+    out, err = Console(), Console(stderr=True, soft_wrap=True, highlight=False)
+    if not out.is_terminal:
+        out.width = 160  # files and pipes: keep the table's columns unwrapped
+    sizes = args.sizes or [QUICK_SIZE if args.quick else DEFAULT_SIZE]
+    batches = args.batches or ([1] if args.quick else list(DEFAULT_BATCHES))
+    repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
+    warmup = args.warmup and not args.quick
+    try:
+        configs = [ffhq_config(size, max_channels=args.max_channels) for size in sizes]
+    except ValueError as error:
+        err.print(f"error: {error}")
+        return 2
+    available = measure.gib(measure.available_memory_bytes())
+    if (
+        "reference" in args.variants and max(sizes) >= 1024 and max(batches) >= 4
+        and available is not None and available < REFERENCE_PEAK_HINT_GIB + 1
+        and args.backend in (None, "cpu") and args.max_channels is None
+    ):
+        err.print(
+            f"warning: the reference form needs about {REFERENCE_PEAK_HINT_GIB:g} GiB for fwd+bwd at 1024 px, "
+            f"batch 4 on the CPU; {available:.1f} GiB is available, so that worker may be killed "
+            "(use --batches 1, or leave it out with --variants)"
+        )
+    try:
+        report = benchmark(
+            configs, args.variants, batches, backend=args.backend, repeats=repeats,
+            time_budget_s=args.time_budget or None, warmup=warmup, autocast=not args.fp32,
+            seed=args.seed, runner=runner or subprocess_runner(args.timeout),
+            progress=lambda message: err.print(message),
+        )
+    except EssencekitError as error:
+        err.print(f"error: {error}")
+        return 2
+    render(report, out)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        err.print(f"figures written to {args.json}")
+    if args.markdown:
+        args.markdown.write_text(markdown_table(report))
+        err.print(f"Markdown table written to {args.markdown}")
+    return 1 if any(r.get("error") for r in report["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Small measuring helpers shared by the benchmarks: timing, peak memory, worker processes,
+and a description of the machine.
+
+Peak memory on the CPU is the process's peak resident set size (``ru_maxrss``): it cannot be
+reset, so a benchmark that wants one figure per configuration runs each configuration in its
+own process (:func:`run_worker`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+GIB = 2**30
+
+
+def gib(n_bytes: float | None) -> float | None:
+    return None if n_bytes is None else n_bytes / GIB
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (``getrusage(RUSAGE_SELF).ru_maxrss``).
+
+    Linux reports KiB, macOS bytes.
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def current_rss_bytes() -> int | None:
+    """Resident set size now (Linux ``/proc/self/statm``), or ``None`` where unavailable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def time_repeats(
+    fn: Callable[[], Any],
+    *,
+    repeats: int,
+    budget_s: float | None = None,
+    synchronize: Callable[[], None] = lambda: None,
+) -> tuple[list[float], Any]:
+    """Wall-clock seconds of up to ``repeats`` calls of ``fn`` and the last call's result.
+
+    At least one call runs. With ``budget_s``, another call starts only while the time spent so
+    far plus the mean call time stays within the budget (so slow cases run fewer times).
+    ``synchronize`` runs before the clock starts and before it stops (device queues).
+    """
+    times: list[float] = []
+    result = None
+    while len(times) < max(1, repeats):
+        if times and budget_s is not None and sum(times) + sum(times) / len(times) > budget_s:
+            break
+        result = None  # let the previous output go before the next run
+        synchronize()
+        start = time.perf_counter()
+        result = fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes
+
+
+def describe_exit(returncode: int) -> str:
+    """Human wording of a worker's exit status (a SIGKILL usually means out of memory)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (likely out of memory)" if -returncode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {returncode}"
+
+
+def run_worker(
+    module: str, spec: dict, workdir: str | os.PathLike, *, timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """Run ``python -m module --worker SPEC.json`` in a fresh process and return its result.
+
+    The worker reads the spec from the JSON file and writes its result as JSON to
+    ``spec["result_path"]`` (filled in here). On failure the result is ``{"error": ...}``
+    with the exit status and the tail of the worker's stderr.
+    """
+    workdir = Path(workdir)
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    spec_path = workdir / f"spec-{tag}.json"
+    result_path = workdir / f"result-{tag}.json"
+    spec = dict(spec, result_path=str(result_path))
+    spec_path.write_text(json.dumps(spec))
+    command = [sys.executable, "-m", module, "--worker", str(spec_path)]
+    try:
+        proc = subprocess.run(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    finally:
+        spec_path.unlink(missing_ok=True)
+    if proc.returncode != 0 or not result_path.exists():
+        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+        reason = describe_exit(proc.returncode) if proc.returncode else "wrote no result"
+        return {"error": f"worker {reason}" + (f": {tail}" if tail else "")}
+    try:
+        return json.loads(result_path.read_text())
+    finally:
+        result_path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The machine
+
+
+def _meminfo() -> dict[str, int]:
+    values = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                values[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return values
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` (Linux), or ``None``."""
+    return _meminfo().get("MemAvailable")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                timeout=5,
+            ).stdout.strip() or platform.machine()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(backend=None) -> dict:
+    """What the figures were measured on: CPU, cores, memory, load, torch, backend and device."""
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    mem = _meminfo()
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "memory_total_bytes": mem.get("MemTotal"),
+        "memory_available_bytes": mem.get("MemAvailable"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if backend is not None:
+        device = backend.device
+        info.update(
+            backend=backend.name,
+            device=str(device),
+            autocast_dtype=str(backend.autocast_dtype).removeprefix("torch."),
+            backend_modulated_conv=backend.modulated_conv,
+        )
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            info["device_name"] = props.name
+            info["device_memory_bytes"] = props.total_memory
+            info["cuda"] = torch.version.cuda
+        elif device.type == "cpu":
+            info["device_name"] = info["cpu"]
+        else:
+            info["device_name"] = device.type
+    return info
+
+
+def describe_machine(info: dict) -> list[str]:
+    """A few lines for people, from :func:`machine_info`."""
+    total = gib(info.get("memory_total_bytes"))
+    available = gib(info.get("memory_available_bytes"))
+    memory = f"{total:.1f} GiB RAM" if total else "RAM unknown"
+    if available is not None:
+        memory += f" ({available:.1f} GiB available at start)"
+    load = info.get("load_average")
+    lines = [
+        f"CPU: {info['cpu']} ({info['arch']}), {info['usable_cores']} usable of "
+        f"{info['logical_cores']} logical cores, torch threads {info['torch_threads']}; {memory}"
+        + (f"; load average {load[0]:.2f}" if load else ""),
+        f"Software: torch {info['torch']}, Python {info['python']}, {info['os']}",
+    ]
+    if "backend" in info:
+        device = info.get("device_name", info["device"])
+        if "device_memory_bytes" in info:
+            device += f", {gib(info['device_memory_bytes']):.0f} GiB"
+        lines.append(
+            f"Backend: {info['backend']} on {info['device']} ({device}); autocast "
+            f"{info['autocast_dtype']}; backend's modulated conv: {info['backend_modulated_conv']}"
+        )
+    return lines

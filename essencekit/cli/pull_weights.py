@@ -1,0 +1,269 @@
+"""``essencekit pull-weights``: fetch, import, verify and list the weight cache.
+
+A thin layer over :mod:`essencekit.pull`. Exit status: 0 success, 1 a failure (one line per
+problem on stderr), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import EssencekitError
+from .output import err, out, print_json, progress_enabled
+
+HELP = """Download the model weights and published essences, verified by sha256.
+
+With no NAME, fetches the `faces` group (what transfer and extract need). NAME is an artifact
+(`joker`, `clip-rn50`, ...) or a group (`faces`, `essences`, `metrics`). Offline, copy the
+files into a folder and use `--from FOLDER`; `--mirror URL` (or ESSENCEKIT_MIRROR) tries your
+own mirror first (URL/<file name>); ESSENCEKIT_OFFLINE=1 forbids network access."""
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)
+
+
+class _RichProgress:
+    """One Rich progress bar per file (size, speed, ETA), on stderr."""
+
+    def __init__(self, progress):
+        self._progress = progress
+        self._task = None
+
+    def start(self, label: str, total: int | None, completed: int = 0) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task(label, total=total, completed=completed)
+        else:
+            self._progress.reset(self._task, total=total, completed=completed, description=label)
+
+    def update(self, completed: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=completed)
+
+    def finish(self) -> None:
+        if self._task is not None:
+            self._progress.stop_task(self._task)
+            self._task = None
+
+
+def _make_progress():
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]Error:[/red] {escape(message)}", highlight=False)
+
+
+def _note(message: str) -> None:
+    err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+
+
+def _list(names: list[str], as_json: bool) -> None:
+    from .. import cache
+    from ..pull import list_artifacts
+
+    rows = list_artifacts(names)
+    if as_json:
+        print_json({"cache_dir": str(cache.cache_root()), "artifacts": rows})
+        return
+    table = Table(title=f"Weights (cache: {cache.cache_root()})", title_justify="left")
+    for column in ("name", "group", "kind", "size", "status", "license"):
+        table.add_column(column)
+    styles = {"verified": "green", "missing": "dim", "unverified": "yellow", "corrupt": "red", "outdated": "red"}
+    for row in rows:
+        license_text = row["license"].split(":")[0][:60]
+        if row["license_must_accept"]:
+            license_text = ("accepted: " if row["license_accepted"] else "must accept: ") + license_text
+        status = row["status"] + (" (pinned on first use)" if row["pinned"] == "first-use" else "")
+        table.add_row(
+            escape(row["name"]), escape(row["group"]), row["kind"], _size(row["size"]),
+            f"[{styles.get(row['status'], '')}]{status}[/]", escape(license_text),
+        )
+    out.print(table)
+
+
+def _licenses_accepted(pending, accept_flag: bool) -> bool:
+    """Show each license that must be accepted; accept with the flag, or ask a person."""
+    for artifact in pending:
+        err.print(f"[bold]{escape(artifact.name)}[/bold] ({escape(artifact.description)}) is licensed as:")
+        err.print(f"  {escape(artifact.license)}", highlight=False)
+    if accept_flag:
+        err.print("Accepted with --accept-licenses (remembered in the cache).")
+        return True
+    if not sys.stdin.isatty():
+        return False
+    return typer.confirm("Do you accept these license terms?", default=False, err=True)
+
+
+def pull_weights(
+    names: Optional[List[str]] = typer.Argument(None, metavar="[NAME]...", help="Artifacts or groups (default: faces)."),
+    all_: bool = typer.Option(False, "--all", help="Every registered artifact."),
+    list_: bool = typer.Option(False, "--list", help="List the artifacts, their size, license and cache status."),
+    json_: bool = typer.Option(False, "--json", help="With --list: print machine-readable JSON."),
+    verify_: bool = typer.Option(False, "--verify", help="Re-hash the cached files and report bad ones."),
+    repair: bool = typer.Option(False, "--repair", help="With --verify: fetch bad files again (implies --verify)."),
+    from_dir: Optional[Path] = typer.Option(
+        None, "--from", metavar="DIR", help="Import files copied by hand into DIR (no network; checked by sha256).",
+        file_okay=False, dir_okay=True,
+    ),
+    link: bool = typer.Option(False, "--link", help="With --from: hard-link instead of copying when possible."),
+    mirror: Optional[List[str]] = typer.Option(
+        None, "--mirror", metavar="URL", help="Try URL/<file name> first (repeatable; also ESSENCEKIT_MIRROR).",
+    ),
+    accept_licenses: bool = typer.Option(False, "--accept-licenses", help="Accept the licenses that require it."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", metavar="DIR", help="Use DIR as the cache for this run (default: ESSENCEKIT_HOME).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-file lines."),
+):
+    names = list(names or [])
+    if json_ and not list_:
+        raise typer.BadParameter("--json works with --list", param_hint="--json")
+    if all_ and names:
+        raise typer.BadParameter("give NAMEs or --all, not both", param_hint="--all")
+    if list_ and (verify_ or repair or from_dir or mirror):
+        raise typer.BadParameter("--list cannot be combined with --verify, --repair, --from or --mirror",
+                                 param_hint="--list")
+    if from_dir is not None and mirror:  # --from means no network
+        raise typer.BadParameter("--from imports local files; it cannot be combined with --mirror",
+                                 param_hint="--from")
+    if link and from_dir is None:
+        raise typer.BadParameter("--link works with --from", param_hint="--link")
+    verify_ = verify_ or repair
+
+    from .. import cache
+
+    try:
+        with cache.using_cache_root(cache_dir):
+            if list_:
+                _list(names, json_)
+                return
+            if verify_:
+                code = _verify(names, all_, repair, quiet, from_dir, link, mirror)
+            else:
+                code = _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet)
+    except EssencekitError as error:
+        _fail(str(error))
+        raise typer.Exit(1) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _result_line(result) -> str:
+    if result.action == "present":
+        return f"[green]ok[/green] {escape(result.name)}: already in the cache ({escape(str(result.path))})"
+    verb = {"verified": "found in the cache"}.get(result.action, result.action)
+    return f"[green]ok[/green] {escape(result.name)}: {verb}, sha256 verified, {_size(result.size)} -> {escape(str(result.path))}"
+
+
+def _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet) -> int:
+    from .. import pull
+
+    show_progress = progress_enabled(quiet)
+    progress_cm = _make_progress() if show_progress else None
+    failures = []
+
+    def on_result(result) -> None:
+        if result.ok:
+            if not quiet:
+                out.print(_result_line(result), highlight=False)
+        else:
+            failures.append(result)
+            _fail(f"{result.name}: {result.message}")
+
+    def notify(message: str) -> None:
+        _note(message)
+
+    # licenses first, before any progress display takes the terminal
+    pending = pull.licenses_to_accept(pull.select(names, all=all_))
+    if pending:
+        if _licenses_accepted(pending, accept_licenses):
+            pull.accept_licenses(pending)
+        else:
+            raise pull.license_error(pending)
+
+    kwargs = dict(
+        from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else None,
+        notify=notify, on_result=on_result,
+    )
+    try:
+        if progress_cm is not None:
+            with progress_cm:
+                pull.pull(names, all=all_, progress=_RichProgress(progress_cm), **kwargs)
+        else:
+            pull.pull(names, all=all_, **kwargs)
+    except pull.PullFailed:
+        return 1  # each failure was printed as it happened
+    return 0 if not failures else 1
+
+
+def _verify(names, all_, repair, quiet, from_dir, link, mirror) -> int:
+    from .. import pull
+
+    counts: dict[str, int] = {}
+    bad = []
+    styles = {"verified": "green", "missing": "dim"}
+
+    def on_result(result) -> None:
+        counts[result.state] = counts.get(result.state, 0) + 1
+        if not result.ok:
+            bad.append(result)
+        if result.ok and (quiet or (result.state == "missing" and not names)):
+            return  # a full check lists what is there; missing ones are counted below
+        style = styles.get(result.state, "red")
+        detail = f": {escape(result.message)}" if result.message else ""
+        line = f"[{style}]{result.state}[/{style}] {escape(result.name)}{detail}"
+        (out if result.ok else err).print(line, highlight=False)
+
+    options = dict(
+        on_result=on_result, from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else pull.env_mirrors(),
+    )
+    if progress_enabled(quiet):
+        progress_cm = _make_progress()
+        with progress_cm:
+            pull.verify(names, all=all_ or not names, repair=repair, progress=_RichProgress(progress_cm), **options)
+    else:
+        pull.verify(names, all=all_ or not names, repair=repair, **options)
+    if not quiet:
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        err.print(f"checked {sum(counts.values())} artifact(s): {summary}", highlight=False)
+    if bad and not repair:
+        _fail(f"{len(bad)} cached file(s) failed verification; run `essencekit pull-weights --verify --repair`")
+    elif bad:
+        _fail(f"{len(bad)} cached file(s) could not be repaired")
+    return 1 if bad else 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``pull-weights`` to the ``essencekit`` app."""
+    app.command("pull-weights", help=HELP, no_args_is_help=False)(pull_weights)

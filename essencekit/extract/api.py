@@ -1,0 +1,406 @@
+"""``essencekit.extract``: the essence of a target image, by optimisation (TargetCLIP)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import EssencekitError
+from ..essence import FORMAT_VERSION, Essence
+from .memory import auto_batch_size
+from .optimise import OptimiseResult, OptimiseSettings, StepReport, evaluate_directions, optimise
+from .settings import FAST_SIZE, ExtractSettings
+from .sources import SourceSet, random_directions, resolve_sources
+
+log = logging.getLogger("essencekit.extract")
+
+DEFAULT_CLIP = "ViT-B/32"
+
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an extraction. ``essence`` is the best essence found so far (``None``
+    when no step had finished); ``steps_done`` how many steps ran."""
+
+    def __init__(self, essence: Essence | None, steps_done: int, steps: int):
+        super().__init__(f"interrupted after {steps_done} of {steps} steps")
+        self.essence = essence
+        self.steps_done = steps_done
+        self.steps = steps
+
+
+@dataclass
+class Target:
+    """A target image, read once: its pixels, and what the metadata says about it."""
+
+    image: object  # PIL.Image, RGB
+    name: str
+    file: str
+    sha256: str
+
+
+def read_target(target) -> Target:
+    """Open a target image (a path or a PIL image) and fingerprint it; one-line errors."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..clip import to_rgb
+
+    if isinstance(target, Image.Image):
+        image = to_rgb(target)
+        digest = hashlib.sha256(image.tobytes()).hexdigest()
+        return Target(image, "target", "", f"pixels:{digest}")
+    path = Path(os.fspath(target))
+    if not path.exists():
+        raise EssencekitError(f"target image not found: {path}")
+    if path.is_dir():
+        raise EssencekitError(f"target {path} is a folder; give an image file")
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise EssencekitError(f"cannot read target image {path}: {str(error)[:200]}") from None
+    return Target(rgb, path.stem, path.name, hashlib.sha256(data).hexdigest())
+
+
+def _weights_identity(path_or_name, default_artifact: str) -> tuple[Path, str, str]:
+    """(file, label for the metadata, sha256 of the file as published)."""
+    from ..api import resolve_weights
+    from ..cache import read_record, sha256_file
+    from ..plugins import registered
+
+    path = resolve_weights(path_or_name, default_artifact)
+    name = default_artifact if path_or_name is None else str(path_or_name)
+    if not Path(name).exists() and name in registered("weights"):
+        record = read_record(name)
+        sha = record.source_sha256 if record is not None else sha256_file(path)
+        return path, name, sha
+    if not path.is_file():
+        raise EssencekitError(f"weights file not found: {path} (give a file or a registered artifact name)")
+    return path, path.name, sha256_file(path)
+
+
+def _warn(message: str) -> None:
+    log.warning(message)
+
+
+class Extractor:
+    """The models of an extraction, loaded once for any number of targets.
+
+    ``generator``: a checkpoint path, an artifact name (default ``stylegan2-ffhq``) or a
+    loaded :class:`~essencekit.models.stylegan2.Generator`. ``clip``: a CLIP variant name or a
+    loaded :class:`~essencekit.clip.ClipEncoder`; ``clip_weights`` a weights file for the
+    variant. ``encoder``: the e4e checkpoint (path or artifact, default ``e4e-ffhq``), loaded
+    only when a photo must be inverted. ``inverter``: replaces the face alignment + e4e
+    inversion (a function PIL image -> W+ [n_latent, style_dim]). ``notify`` receives the
+    plain-language notices of the run (default: the ``essencekit.extract`` logger).
+    """
+
+    def __init__(
+        self,
+        *,
+        generator=None,
+        clip=DEFAULT_CLIP,
+        clip_weights: str | os.PathLike | None = None,
+        clip_input: str = "raw",
+        encoder=None,
+        device=None,
+        aligner: str | None = None,
+        inverter: Callable[[object], Tensor] | None = None,
+        notify: Callable[[str], None] | None = None,
+    ):
+        from ..backends import resolve_backend
+
+        self.backend = resolve_backend(device)
+        self.notify = notify or _warn
+        self.info: dict[str, str] = {}
+        if isinstance(generator, torch.nn.Module):
+            self.generator = self.backend.prepare(generator)
+            self.info.update(generator=getattr(generator, "name", "") or "in-memory generator", generator_sha256="")
+        else:
+            from ..models.stylegan2 import load_generator_checkpoint
+
+            path, label, sha = _weights_identity(generator, "stylegan2-ffhq")
+            self.generator = self.backend.prepare(load_generator_checkpoint(path))
+            self.info.update(generator=label, generator_sha256=sha)
+        self.info["generator_size"] = str(self.generator.size)
+        if isinstance(clip, str):
+            from ..clip import get_variant, load_clip
+
+            variant = get_variant(clip)
+            if clip_weights is None:
+                path, label, sha = _weights_identity(variant.weights, variant.weights)
+            else:
+                path, label, sha = _weights_identity(clip_weights, variant.weights)
+            self.clip = load_clip(
+                variant.name, self.backend, input_mode=clip_input, generator_size=self.generator.size, weights=path
+            )
+            self.info.update(clip_weights=label, clip_weights_sha256=sha)
+        else:
+            self.clip = clip
+            self.info.update(clip_weights="in-memory CLIP", clip_weights_sha256="")
+        self._check_clip()
+        variant = getattr(self.clip, "variant", None)
+        self.info.update(
+            clip_model=getattr(variant, "name", "") or type(self.clip).__name__,
+            clip_input=str(getattr(self.clip, "input_mode", clip_input)),
+        )
+        self._encoder_spec = encoder
+        self._aligner = aligner
+        self._inverter = inverter
+
+    def _check_clip(self) -> None:
+        size = getattr(self.clip, "generator_size", self.generator.size)
+        if size != self.generator.size:
+            raise EssencekitError(
+                f"the CLIP encoder was set up for {size} px images but the generator makes {self.generator.size} px "
+                f"ones: load it with generator_size={self.generator.size}"
+            )
+        if not callable(self.clip) or not hasattr(self.clip, "encode_target"):
+            raise EssencekitError("the CLIP encoder must be callable on images and have encode_target(image)")
+
+    # -- inversion --------------------------------------------------------------------------
+
+    def inverter(self) -> Callable[[object], Tensor]:
+        if self._inverter is None:
+            from .inversion import face_inverter
+
+            def load_e4e():
+                from ..models.e4e import load_encoder_checkpoint
+
+                path, label, sha = _weights_identity(self._encoder_spec, "e4e-ffhq")
+                self.info.update(encoder=label, encoder_sha256=sha)
+                return self.backend.prepare(load_encoder_checkpoint(path))
+
+            self._inverter = face_inverter(load_e4e, self.generator, aligner=self._aligner)
+        return self._inverter
+
+    def initial_directions(self, target: Target, settings: ExtractSettings, seed: int) -> tuple[Tensor, list[str]]:
+        """[K, n_latent, style_dim] starts and what each is ("inversion" or "random")."""
+        first = None
+        if settings.init in ("auto", "inversion"):
+            try:
+                first = self.inverter()(target.image)
+            except EssencekitError as error:
+                if settings.init == "inversion":
+                    raise EssencekitError(f"--init inversion: cannot invert {target.file or target.name}: {error}") from None
+                self.notify(
+                    f"no e4e inversion of {target.file or target.name} ({error}); restart 1 starts from a random "
+                    "latent like the others"
+                )
+            if first is not None:
+                first = first.reshape(1, self.generator.n_latent, self.generator.style_dim).float().cpu()
+        start = 0 if first is None else 1
+        random = random_directions(self.generator, range(start, settings.restarts), seed, settings.truncation)
+        init = random if first is None else torch.cat([first, random])
+        kinds = ["random"] * start + ["random"] * (settings.restarts - start)
+        if first is not None:
+            kinds[0] = "inversion"
+        return init, kinds
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        target,
+        settings: ExtractSettings | None = None,
+        *,
+        sources=None,
+        seed: int | None = None,
+        progress: Callable[[StepReport], None] | None = None,
+        phase: Callable[[str], None] | None = None,
+        preview: str | os.PathLike | None = None,
+    ) -> Essence:
+        """Extract the essence of ``target`` (a path or PIL image); see :func:`extract`."""
+        settings = (settings or ExtractSettings()).validate()
+        phase = phase or (lambda text: None)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise EssencekitError(f"--seed must be a whole number >= 0, got {seed!r}")
+        target = target if isinstance(target, Target) else read_target(target)
+        generator, device = self.generator, self.backend.device
+        started = time.perf_counter()
+
+        phase("sources")
+        source_set = resolve_sources(
+            sources, generator, num_sources=settings.num_sources, held_out=settings.held_out, seed=seed,
+            truncation=settings.truncation, inverter_factory=self.inverter, notify=self.notify,
+        )
+        phase("target")
+        target_embedding = self.clip.encode_target(target.image).detach().float()
+        init, kinds = self.initial_directions(target, settings, seed)
+
+        render_size = min(FAST_SIZE, generator.size) if settings.fast else None
+        batch_size = settings.batch_size or auto_batch_size(
+            generator, self.backend, render_size or generator.size, settings.restarts * settings.num_sources
+        )
+        options = OptimiseSettings(
+            steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay,
+            lambda_transfer=settings.lambda_transfer, lambda_consistency=settings.lambda_consistency,
+            consistency=settings.consistency, coefficients=settings.coefficients, batch_size=batch_size,
+            render_size=render_size,
+        )
+        phase("optimise")
+        result = optimise(
+            generator, self.clip, source_set.train.to(device), target_embedding.to(device), init.to(device), options,
+            callback=progress, autocast=self.backend.autocast,
+        )
+        if result.steps_done == 0:
+            raise ExtractionInterrupted(None, 0, settings.steps)
+
+        strengths = result.best_coefficients.mean(1)
+        held = None
+        if settings.held_out and not result.interrupted:
+            phase("held-out")
+            held = evaluate_directions(
+                generator, self.clip, source_set.held_out.to(device), target_embedding.to(device),
+                result.best_direction, strengths, lambda_transfer=settings.lambda_transfer,
+                lambda_consistency=settings.lambda_consistency, consistency=settings.consistency,
+                batch_size=batch_size, autocast=self.backend.autocast,
+            )
+        chosen = int(torch.argmin(held[0] if held is not None else result.best_loss))
+        essence = self._essence(
+            target, settings, seed, source_set, kinds, result, strengths, held, chosen,
+            batch_size=batch_size, render_size=render_size, seconds=time.perf_counter() - started,
+        )
+        if result.interrupted:
+            raise ExtractionInterrupted(essence, result.steps_done, settings.steps)
+        if preview is not None:
+            phase("preview")
+            from .preview import render_preview
+
+            render_preview(
+                generator, source_set.train.to(device), essence.direction, essence.recommended_strength, preview,
+                batch_size=batch_size, autocast=self.backend.autocast,
+            )
+        return essence
+
+    def _essence(
+        self, target: Target, settings: ExtractSettings, seed: int, source_set: SourceSet, kinds: list[str],
+        result: OptimiseResult, strengths: Tensor, held, chosen: int, *, batch_size: int, render_size: int | None,
+        seconds: float,
+    ) -> Essence:
+        from .. import __version__
+
+        def number(value) -> float | None:
+            value = float(value)
+            return round(value, 6) if value == value and abs(value) != float("inf") else None
+
+        restarts = []
+        for k in range(result.restarts):
+            figures = {
+                "restart": k, "init": kinds[k], "best_step": int(result.best_step[k]),
+                "loss": number(result.best_loss[k]), "transfer": number(result.best_transfer[k]),
+                "consistency": number(result.best_consistency[k]),
+                "final_loss": number(result.history["loss"][-1, k]),
+                "strength": number(strengths[k]), "direction_norm": number(result.best_direction[k].norm()),
+            }
+            if held is not None:
+                figures.update(
+                    held_out_loss=number(held[0][k]), held_out_transfer=number(held[1][k]),
+                    held_out_consistency=number(held[2][k]),
+                )
+            figures["chosen"] = k == chosen
+            restarts.append(figures)
+        coefficients = result.best_coefficients[chosen]
+        strength = float(coefficients.mean())
+        best = restarts[chosen]
+        n_latent, style_dim = self.generator.n_latent, self.generator.style_dim
+        hyper = settings.as_dict()
+        hyper.update(batch_size=batch_size, coefficient_lr=settings.lr, coefficient_weight_decay=0.01,
+                     render_size=render_size or self.generator.size, schedule="rampup 0.005, rampdown 0.75")
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "name": target.name,
+            "kind": "essence",
+            "method": "TargetCLIP optimisation (essencekit extract)",
+            "latent_space": "w+",
+            "shape": json.dumps([n_latent, style_dim]),
+            **self.info,
+            "hyperparameters": json.dumps(hyper),
+            "seed": str(seed),
+            "target_file": target.file,
+            "target_sha256": target.sha256,
+            "sources": json.dumps({"kind": source_set.kind, "num_sources": int(source_set.train.shape[0]),
+                                   "held_out": int(source_set.held_out.shape[0]), **source_set.details}),
+            "restarts": json.dumps(restarts),
+            "chosen_restart": str(chosen),
+            "selection": "held-out loss at the recommended strength" if held is not None else "training loss",
+            "loss": str(best["loss"]),
+            "transfer_loss": str(best["transfer"]),
+            "consistency_loss": str(best["consistency"]),
+            "coefficients": json.dumps([round(float(c), 6) for c in coefficients]),
+            "recommended_strength": repr(strength),
+            "steps_done": str(result.steps_done),
+            "interrupted": "true" if result.interrupted else "false",
+            "fast": "true" if settings.fast else "false",
+            "backend": self.backend.name,
+            "seconds": f"{seconds:.1f}",
+            "essencekit_version": __version__,
+            "torch_version": torch.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        }
+        if held is not None:
+            metadata["held_out_loss"] = str(best["held_out_loss"])
+        return Essence(result.best_direction[chosen], coefficients, metadata)
+
+
+def extract(
+    target,
+    *,
+    generator=None,
+    clip=DEFAULT_CLIP,
+    clip_weights: str | os.PathLike | None = None,
+    clip_input: str = "raw",
+    encoder=None,
+    sources=None,
+    seed: int | None = None,
+    device=None,
+    aligner: str | None = None,
+    inverter: Callable[[object], Tensor] | None = None,
+    progress: Callable[[StepReport], None] | None = None,
+    notify: Callable[[str], None] | None = None,
+    preview: str | os.PathLike | None = None,
+    **hyperparameters,
+) -> Essence:
+    """Find the essence of ``target`` (an image path or a PIL image) by optimisation.
+
+    Hyper-parameters (keywords, defaults = the recipe of the published essences): ``steps``
+    1000, ``lr`` 0.2, ``weight_decay`` 3e-3, ``lambda_transfer`` 1.0, ``lambda_consistency``
+    0.6, ``consistency`` ``"raw"``/``"normalized"``, ``num_sources`` 8, ``held_out`` 4,
+    ``restarts`` 4, ``init`` ``"auto"``/``"inversion"``/``"random"``, ``coefficients``
+    ``"sign"``/``"adam"``/``"fixed"``, ``fast`` False, ``batch_size`` None (automatic).
+
+    ``sources``: ``None`` (sampled with truncation 0.7 from ``seed``), ``"celebs"``, a W+
+    latents file, a folder of face photos, or a [P, n_latent, style_dim] tensor. Models: see
+    :class:`Extractor` (``generator``, ``clip``, ``clip_weights``, ``clip_input``,
+    ``encoder``, ``device``, ``aligner``, ``inverter``). ``progress`` gets a
+    :class:`~essencekit.extract.optimise.StepReport` after every step; ``preview`` writes a
+    contact sheet PNG at the end.
+
+    Returns an :class:`~essencekit.essence.Essence` (``.direction``, ``.coefficients``,
+    ``.metadata``, ``.recommended_strength``, ``.save(path)``). Ctrl-C raises
+    :class:`ExtractionInterrupted` (a ``KeyboardInterrupt``) whose ``.essence`` is the best
+    essence so far.
+    """
+    unknown = set(hyperparameters) - set(ExtractSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"extract() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    settings = ExtractSettings(**hyperparameters).validate()
+    extractor = Extractor(
+        generator=generator, clip=clip, clip_weights=clip_weights, clip_input=clip_input, encoder=encoder,
+        device=device, aligner=aligner, inverter=inverter, notify=notify,
+    )
+    return extractor.run(target, settings, sources=sources, seed=seed, progress=progress, preview=preview)

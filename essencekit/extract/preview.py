@@ -1,0 +1,68 @@
+"""The ``--preview`` contact sheet: each source, and it edited at a few strengths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..atomic import atomic_path
+
+TILE = 256
+
+
+def to_pil(image: Tensor):
+    """A [3, H, W] image in [-1, 1] as an 8-bit RGB PIL image."""
+    from PIL import Image
+
+    pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def strengths_for(recommended: float) -> list[float]:
+    return [0.5, 1.0, float(recommended)]
+
+
+@torch.no_grad()
+def render_preview(
+    generator, sources: Tensor, direction: Tensor, recommended: float, path: str | os.PathLike, *,
+    tile: int = TILE, batch_size: int | None = None, autocast=None,
+) -> Path:
+    """Write a PNG grid, one row per source: the source, then strengths 0.5, 1.0 and
+    ``recommended``, with a label row on top. Rendered at the generator's full size and
+    scaled to ``tile`` px; written atomically."""
+    import contextlib
+
+    from PIL import Image, ImageDraw
+
+    autocast = autocast or contextlib.nullcontext
+    device = sources.device
+    strengths = strengths_for(recommended)
+    direction = direction.to(device, torch.float32)
+    rows = []
+    for source in sources:
+        latents = torch.stack([source] + [source + s * direction for s in strengths])
+        images = []
+        step = batch_size or latents.shape[0]
+        for start in range(0, latents.shape[0], step):
+            with autocast():
+                images.append(generator.synthesis(latents[start : start + step], noise="const").float())
+        rows.append(torch.cat(images))
+    header = 20
+    columns = 1 + len(strengths)
+    sheet = Image.new("RGB", (columns * tile, header + len(rows) * tile), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(["source"] + [f"strength {s:.2f}" for s in strengths]):
+        draw.text((c * tile + 4, 4), label, fill=(0, 0, 0))
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            picture = to_pil(image)
+            if picture.size != (tile, tile):
+                picture = picture.resize((tile, tile), Image.Resampling.LANCZOS)
+            sheet.paste(picture, (c * tile, header + r * tile))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path

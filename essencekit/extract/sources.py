@@ -1,0 +1,218 @@
+"""Source latents (the faces an essence is optimised on) and initial directions.
+
+A run uses N training sources and M held-out sources, drawn from one pool:
+
+* ``None``: sampled from the mapping network with truncation 0.7 (the published recipe),
+  training and held-out from two separate random streams of the seed;
+* ``"celebs"``: the 68 celebrity W+ latents of pull-weights' ``celebs`` artifact;
+* a W+ latents file (``.npy``, or a ``.pt`` holding one tensor) of shape [P, n_latent,
+  style_dim] or [P, style_dim];
+* a folder of face photos, each aligned and inverted with e4e;
+* a tensor of latents (Python API).
+
+From a file, a folder or the celebrities, the first N latents (in file order; photos sorted by
+name) are the training sources and the next M the held-out ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import EssencekitError
+
+TRUNCATION = 0.7
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+Inverter = Callable[[object], Tensor]  # PIL image -> W+ [n_latent, style_dim]
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed for one use of the run's seed (sources, restart k, ...).
+
+    Every random draw of a run has its own stream, so adding restarts or held-out sources
+    never changes what the others get.
+    """
+    digest = hashlib.sha256(f"essencekit:{int(seed)}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def sample_latents(generator, count: int, seed: int, purpose: str, truncation: float = TRUNCATION) -> Tensor:
+    """``count`` W+ latents [count, n_latent, style_dim] (every row the same w) from
+    ``mapping(z, truncation)``, z drawn on the CPU from ``derive_seed(seed, purpose-i)``."""
+    if count == 0:
+        return torch.zeros(0, generator.n_latent, generator.style_dim)
+    z = torch.cat([
+        torch.randn(1, generator.style_dim, generator=torch.Generator().manual_seed(derive_seed(seed, f"{purpose}-{i}")))
+        for i in range(count)
+    ])
+    device = generator.latent_avg.device
+    w = generator.mapping(z.to(device), truncation=truncation).float().cpu()
+    return w[:, None, :].expand(-1, generator.n_latent, -1).contiguous()
+
+
+def random_directions(generator, restarts: range, seed: int, truncation: float = TRUNCATION) -> Tensor:
+    """The reference's random start for each restart index: a truncated random latent."""
+    return torch.cat([sample_latents(generator, 1, seed, f"init-{k}", truncation) for k in restarts]) if restarts else (
+        torch.zeros(0, generator.n_latent, generator.style_dim)
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_latents(latents: Tensor, n_latent: int, style_dim: int, where: str) -> Tensor:
+    """``latents`` as float32 [P, n_latent, style_dim] (a [P, style_dim] w is repeated per row)."""
+    latents = torch.as_tensor(latents).detach().cpu()
+    if not latents.is_floating_point():
+        raise EssencekitError(f"{where}: source latents must be floating point, found {latents.dtype}")
+    if latents.dim() == 2 and latents.shape[1] == style_dim:
+        latents = latents[:, None, :].expand(-1, n_latent, -1)
+    if latents.dim() != 3 or tuple(latents.shape[1:]) != (n_latent, style_dim):
+        raise EssencekitError(
+            f"{where}: source latents of shape {list(latents.shape)} do not fit the generator, which needs "
+            f"[count, {n_latent}, {style_dim}] W+ latents (or [count, {style_dim}] w)"
+        )
+    latents = latents.float().contiguous()
+    if not torch.isfinite(latents).all():
+        raise EssencekitError(f"{where}: source latents hold NaN or infinite values")
+    return latents
+
+
+def load_latent_file(path: Path) -> Tensor:
+    """The tensor of a ``.npy`` (never unpickled) or ``.pt`` latents file."""
+    if not path.is_file():
+        raise EssencekitError(f"source latents file not found: {path}")
+    if path.suffix.lower() == ".npy":
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except ValueError as error:
+            raise EssencekitError(f"{path} is not a plain NumPy array of latents: {error}") from None
+        except (OSError, EOFError) as error:
+            raise EssencekitError(f"cannot read source latents {path}: {error}") from None
+    from ..checkpoints import load_checkpoint
+
+    data = load_checkpoint(path, what="source latents file")
+    if isinstance(data, dict):
+        tensors = [v for v in data.values() if isinstance(v, Tensor)]
+        if len(tensors) != 1:
+            raise EssencekitError(
+                f"{path} holds a dictionary with {len(tensors)} tensors; a latents file holds one "
+                "[count, n_latent, style_dim] tensor"
+            )
+        data = tensors[0]
+    if not isinstance(data, Tensor):
+        raise EssencekitError(f"{path} is not a latents file: it holds a {type(data).__name__}, not a tensor")
+    return data
+
+
+def invert_folder(folder: Path, inverter: Inverter, needed: int, notify: Callable[[str], None]) -> Tensor:
+    """W+ latents of the face photos in ``folder`` (sorted by name), until ``needed`` are found."""
+    from PIL import Image, UnidentifiedImageError
+
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not photos:
+        raise EssencekitError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the sources folder {folder}")
+    latents, skipped = [], []
+    for photo in photos:
+        if len(latents) == needed:
+            break
+        try:
+            with Image.open(photo) as image:
+                image.load()
+                image = image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as error:
+            skipped.append(f"{photo.name} (unreadable: {str(error)[:80]})")
+            continue
+        try:
+            latent = inverter(image).detach().float().cpu()
+            latents.append(latent.reshape(1, *latent.shape[-2:]))
+        except EssencekitError as error:
+            if "no face" not in str(error).lower():
+                raise
+            skipped.append(f"{photo.name} (no face)")
+    if skipped:
+        notify(f"sources: skipped {len(skipped)} photo(s) in {folder}: {', '.join(skipped[:5])}"
+               + (" ..." if len(skipped) > 5 else ""))
+    if not latents:
+        raise EssencekitError(f"no face could be inverted from the photos in {folder}")
+    return torch.cat(latents)
+
+
+@dataclass
+class SourceSet:
+    """Training and held-out source latents, and what they are for the essence's metadata."""
+
+    train: Tensor  # [N, n_latent, style_dim]
+    held_out: Tensor  # [M, n_latent, style_dim]
+    kind: str  # "sampled", "celebs", "file", "folder", "tensor"
+    details: dict = field(default_factory=dict)
+
+
+def resolve_sources(
+    spec,
+    generator,
+    *,
+    num_sources: int,
+    held_out: int,
+    seed: int,
+    truncation: float = TRUNCATION,
+    inverter_factory: Callable[[], Inverter] | None = None,
+    notify: Callable[[str], None] = lambda message: None,
+) -> SourceSet:
+    """The :class:`SourceSet` of ``spec`` (see the module docstring) for ``generator``."""
+    n_latent, style_dim = generator.n_latent, generator.style_dim
+    needed = num_sources + held_out
+    if spec is None or (isinstance(spec, str) and spec == "sampled"):
+        return SourceSet(
+            train=sample_latents(generator, num_sources, seed, "source", truncation),
+            held_out=sample_latents(generator, held_out, seed, "held-out", truncation),
+            kind="sampled",
+            details={"truncation": truncation, "seed": seed},
+        )
+    if isinstance(spec, Tensor):
+        pool = check_latents(spec, n_latent, style_dim, "source latents")
+        kind, details = "tensor", {}
+    else:
+        path = Path(os.fspath(spec))
+        if str(spec) == "celebs" and not path.exists():
+            from ..cache import resolve_artifact
+
+            path = resolve_artifact("celebs")
+            kind, details = "celebs", {"artifact": "celebs", "sha256": _sha256(path)}
+            pool = check_latents(load_latent_file(path), n_latent, style_dim, str(path))
+        elif path.is_dir():
+            if inverter_factory is None:
+                raise EssencekitError(f"sources folder {path}: inverting photos needs an e4e encoder")
+            pool = check_latents(
+                invert_folder(path, inverter_factory(), needed, notify), n_latent, style_dim, str(path)
+            )
+            kind, details = "folder", {"folder": path.name}
+        elif path.exists():
+            pool = check_latents(load_latent_file(path), n_latent, style_dim, str(path))
+            kind, details = "file", {"file": path.name, "sha256": _sha256(path)}
+        else:
+            raise EssencekitError(
+                f"--sources {spec}: no such file or folder (give a W+ latents file, a folder of face photos, or 'celebs')"
+            )
+    if pool.shape[0] < needed:
+        raise EssencekitError(
+            f"the sources ({kind}{': ' + str(spec) if not isinstance(spec, Tensor) else ''}) provide "
+            f"{pool.shape[0]} latents, but --num-sources {num_sources} and --held-out {held_out} need {needed}; "
+            "lower them or give more sources"
+        )
+    details["count"] = int(pool.shape[0])
+    return SourceSet(train=pool[:num_sources].clone(), held_out=pool[num_sources:needed].clone(), kind=kind, details=details)

@@ -1,0 +1,425 @@
+"""The download engine against a real HTTP server on 127.0.0.1 (tests/http_server.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from http_server import closed_port_url, html, serve, serve_bytes, sequence, sleep_then, status
+
+from essencekit import cache
+from essencekit.download import (
+    DownloadError,
+    NoNetworkError,
+    OfflineError,
+    Progress,
+    RetryPolicy,
+    download,
+    drive_confirmation_url,
+)
+from essencekit.errors import EssencekitError
+
+DATA = os.urandom(300_000)
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+class Sleeps(list):
+    def __call__(self, seconds):
+        self.append(seconds)
+
+
+@pytest.fixture
+def sleeps():
+    return Sleeps()
+
+
+@pytest.fixture
+def policy(sleeps):
+    # no real waiting; short timeouts so a slow server is detected in well under a second
+    return RetryPolicy(attempts=4, backoff=0.5, factor=2.0, connect_timeout=2.0, read_timeout=0.4,
+                       chunk_size=32 * 1024, sleep=sleeps)
+
+
+@pytest.fixture
+def server():
+    with serve() as running:
+        yield running
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_clean_download(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+
+    events = []
+
+    class Record(Progress):
+        def start(self, label, total, completed=0):
+            events.append(("start", label, total, completed))
+
+        def update(self, completed):
+            events.append(("update", completed))
+
+    result = download([url], dest, sha256=SHA, size=len(DATA), label="thing", policy=policy, progress=Record())
+
+    assert dest.read_bytes() == DATA
+    assert result.sha256 == SHA and result.size == len(DATA) and result.url == url
+    assert _leftovers(tmp_path) == ["file.bin"]  # no .part left
+    assert events[0] == ("start", "thing", len(DATA), 0)
+    assert events[-1] == ("update", len(DATA))
+    assert len(server.requests_for("/file.bin")) == 1
+    assert server.requests_for("/file.bin")[0].range is None
+
+
+def test_dropped_connection_resumes_with_range_for_only_the_rest(server, tmp_path, policy, sleeps):
+    cut = 4 * policy.chunk_size  # a chunk boundary: a torn last chunk is discarded by urllib3
+    url = server.route("/file.bin", sequence(serve_bytes(DATA, drop_after=cut), serve_bytes(DATA)))
+    dest = tmp_path / "file.bin"
+
+    download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert dest.read_bytes() == DATA
+    seen = server.requests_for("/file.bin")
+    assert [r.range for r in seen] == [None, f"bytes={cut}-"]  # only the rest was asked for
+    assert sleeps == [0.5]  # one backoff before the resume
+    assert _leftovers(tmp_path) == ["file.bin"]
+
+
+def test_server_that_ignores_range_restarts_cleanly(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA, ranges=False))
+    dest = tmp_path / "file.bin"
+    # a part left by an earlier, interrupted run (with different bytes than the server's)
+    (tmp_path / "file.bin.part").write_bytes(b"x" * 1000)
+
+    download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert dest.read_bytes() == DATA  # not b"x"*1000 + DATA
+    assert [r.range for r in server.requests_for("/file.bin")] == ["bytes=1000-"]
+    assert _leftovers(tmp_path) == ["file.bin"]
+
+
+def test_wrong_bytes_are_deleted_and_the_next_mirror_is_used(server, tmp_path, policy):
+    wrong = bytes(reversed(DATA))
+    bad = server.route("/bad/file.bin", serve_bytes(wrong))
+    good = server.route("/good/file.bin", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+
+    result = download([bad, good], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert result.url == good and dest.read_bytes() == DATA
+    assert len(server.requests_for("/bad/file.bin")) == 1  # a wrong file is not retried
+    assert _leftovers(tmp_path) == ["file.bin"]
+
+
+def test_wrong_bytes_everywhere_leave_nothing_and_name_the_mirror(server, tmp_path, policy):
+    bad = server.route("/bad/file.bin", serve_bytes(bytes(reversed(DATA))))
+    dest = tmp_path / "file.bin"
+
+    with pytest.raises(DownloadError) as caught:
+        download([bad], dest, sha256=SHA, size=len(DATA), label="thing", policy=policy)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"127.0.0.1:{server.port}/bad/file.bin" in message and "sha256 mismatch" in message
+    assert _leftovers(tmp_path) == []  # neither the file nor a part
+
+
+def test_404_is_not_retried_and_the_next_mirror_serves(server, tmp_path, policy, sleeps):
+    missing = server.route("/gone/file.bin", status(404))
+    good = server.route("/file.bin", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+
+    result = download([missing, good], dest, sha256=SHA, policy=policy)
+
+    assert result.url == good
+    assert len(server.requests_for("/gone/file.bin")) == 1
+    assert sleeps == []
+
+
+def test_403_and_404_everywhere_give_one_clear_line(server, tmp_path, policy):
+    urls = [server.route("/a/file.bin", status(403)), server.route("/b/file.bin", status(404))]
+    with pytest.raises(DownloadError) as caught:
+        download(urls, tmp_path / "file.bin", sha256=SHA, label="thing", policy=policy, hint="try --from")
+    message = str(caught.value)
+    assert "HTTP 403" in message and "HTTP 404" in message and message.endswith("try --from")
+    assert "\n" not in message
+    assert len(server.requests) == 2
+
+
+def test_500_twice_then_success_with_backoff(server, tmp_path, policy, sleeps):
+    url = server.route("/file.bin", sequence(status(500), status(503), serve_bytes(DATA)))
+    dest = tmp_path / "file.bin"
+
+    download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert dest.read_bytes() == DATA
+    assert len(server.requests_for("/file.bin")) == 3
+    assert sleeps == [0.5, 1.0]  # exponential backoff, injected
+
+
+def test_5xx_gives_up_after_the_policy_attempts(server, tmp_path, policy, sleeps):
+    other = server.route("/other/file.bin", serve_bytes(DATA))
+    url = server.route("/file.bin", status(502))
+    result = download([url, other], tmp_path / "file.bin", sha256=SHA, policy=policy)
+    assert result.url == other
+    assert len(server.requests_for("/file.bin")) == policy.attempts
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_slow_server_hits_the_timeout_then_succeeds(server, tmp_path, policy, sleeps):
+    url = server.route("/file.bin", sequence(sleep_then(1.0, serve_bytes(DATA)), serve_bytes(DATA)))
+    dest = tmp_path / "file.bin"
+
+    started = time.monotonic()
+    download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert dest.read_bytes() == DATA
+    assert len(server.requests_for("/file.bin")) == 2
+    assert time.monotonic() - started < 1.0  # the 0.4 s read timeout fired, not the server's 1 s
+    assert len(sleeps) == 1
+
+
+def test_stall_mid_body_times_out_and_resumes(server, tmp_path, policy):
+    # first answer: 100 kB, then the server stalls for longer than the read timeout
+    stall = serve_bytes(DATA, drop_after=None, chunk=100_000, chunk_delay=1.0)
+    url = server.route("/file.bin", sequence(stall, serve_bytes(DATA)))
+    dest = tmp_path / "file.bin"
+
+    download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert dest.read_bytes() == DATA
+    ranges = [r.range for r in server.requests_for("/file.bin")]
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
+
+
+def test_always_slow_server_fails_with_timed_out(server, tmp_path, policy):
+    url = server.route("/file.bin", sleep_then(1.0, serve_bytes(DATA)))
+    with pytest.raises(DownloadError, match="timed out"):
+        download([url], tmp_path / "file.bin", sha256=SHA, policy=RetryPolicy(
+            attempts=2, backoff=0, connect_timeout=1, read_timeout=0.2, sleep=lambda s: None))
+    assert _leftovers(tmp_path) == []
+
+
+def test_html_answer_is_not_the_file(server, tmp_path, policy):
+    page = server.route("/page/file.bin", html("<html><body>Please log in</body></html>"))
+    with pytest.raises(DownloadError, match="web page"):
+        download([page], tmp_path / "file.bin", sha256=SHA, policy=policy)
+    assert _leftovers(tmp_path) == []
+
+
+def test_google_drive_confirmation_form_is_followed(server, tmp_path, policy):
+    form = f"""<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>
+    <p>Google Drive can't scan this file for viruses.</p>
+    <form id="download-form" action="{server.base}/download" method="get">
+      <input type="submit" value="Download anyway"/>
+      <input type="hidden" name="id" value="FILEID">
+      <input type="hidden" name="export" value="download">
+      <input type="hidden" name="confirm" value="t">
+      <input type="hidden" name="uuid" value="1234-abcd">
+    </form></body></html>"""
+    first = server.route("/uc", html(form))
+    server.route("/download", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+
+    download([first + "?export=download&id=FILEID"], dest, sha256=SHA, size=len(DATA), policy=policy)
+
+    assert dest.read_bytes() == DATA
+    (followed,) = server.requests_for("/download")
+    assert followed.query == {"id": ["FILEID"], "export": ["download"], "confirm": ["t"], "uuid": ["1234-abcd"]}
+
+
+def test_google_drive_quota_page_is_reported():
+    page = "<html><title>Google Drive - Quota exceeded</title><body>Too many users have viewed or downloaded this file recently.</body></html>"
+    assert drive_confirmation_url(page, "https://drive.google.com/uc?id=x") is None
+    from essencekit.download import _html_reason
+
+    assert "quota" in _html_reason(page, "https://drive.google.com/uc?id=x")
+
+
+def test_old_drive_confirm_link_is_followed():
+    page = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=AbCd&amp;id=XYZ">Download anyway</a>'
+    assert drive_confirmation_url(page, "https://drive.google.com/uc?id=XYZ") == \
+        "https://drive.google.com/uc?export=download&confirm=AbCd&id=XYZ"
+
+
+def test_size_mismatch_is_not_downloaded(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA[:1000]))
+    with pytest.raises(DownloadError, match="expected 300,000"):
+        download([url], tmp_path / "file.bin", sha256=SHA, size=len(DATA), policy=policy)
+    assert _leftovers(tmp_path) == []
+
+
+def test_complete_part_from_an_interrupted_run_is_checked_without_the_network(tmp_path, policy):
+    (tmp_path / "file.bin.part").write_bytes(DATA)
+    download([closed_port_url()], tmp_path / "file.bin", sha256=SHA, size=len(DATA), policy=policy)
+    assert _leftovers(tmp_path) == ["file.bin"]
+
+
+def test_ctrl_c_leaves_only_the_part_then_resumes(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+
+    class Interrupt(Progress):
+        def update(self, completed):
+            if completed >= 64 * 1024:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        download([url], dest, sha256=SHA, size=len(DATA), policy=policy, progress=Interrupt())
+    assert _leftovers(tmp_path) == ["file.bin.part"]
+    kept = (tmp_path / "file.bin.part").stat().st_size
+    assert 0 < kept < len(DATA)
+
+    download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+    assert dest.read_bytes() == DATA
+    assert server.requests_for("/file.bin")[-1].range == f"bytes={kept}-"
+
+
+def test_offline_mode_makes_no_request(server, tmp_path, policy, monkeypatch):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    monkeypatch.setenv("ESSENCEKIT_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="ESSENCEKIT_OFFLINE=1"):
+        download([url], tmp_path / "file.bin", sha256=SHA, policy=policy)
+    assert server.requests == []
+
+
+def test_no_network_is_one_line_without_retries(tmp_path, policy, sleeps):
+    urls = [closed_port_url("/a.bin"), closed_port_url("/b.bin")]
+    with pytest.raises(NoNetworkError) as caught:
+        download(urls, tmp_path / "file.bin", sha256=SHA, label="thing", policy=policy)
+    message = str(caught.value)
+    assert message.startswith("no network: cannot reach 127.0.0.1:") and "\n" not in message
+    assert sleeps == []
+    assert _leftovers(tmp_path) == []
+
+
+def test_disk_full_while_writing_removes_the_part(server, tmp_path, policy):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    url = server.route("/file.bin", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").symlink_to("/dev/full")  # every write fails with ENOSPC
+
+    with pytest.raises(cache.DiskFullError) as caught:
+        download([url], dest, sha256=SHA, size=len(DATA), policy=policy)
+    assert str(caught.value).startswith("disk full while writing")
+    assert "ESSENCEKIT_HOME" in str(caught.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_not_enough_space_is_said_before_downloading(server, tmp_path, policy, monkeypatch):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(cache.DiskFullError, match="not enough disk space"):
+        download([url], tmp_path / "file.bin", sha256=SHA, size=len(DATA), policy=policy)
+    assert _leftovers(tmp_path) == []
+
+
+def test_unwritable_folder_is_one_line(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    with pytest.raises(cache.CachePermissionError) as caught:
+        download([url], Path("/sys/essencekit-test/file.bin"), sha256=SHA, policy=policy)
+    assert "ESSENCEKIT_HOME or --cache-dir" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
+def test_permission_denied_is_one_line(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(cache.CachePermissionError, match="permission denied"):
+            download([url], folder / "file.bin", sha256=SHA, policy=policy)
+    finally:
+        folder.chmod(0o700)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def test_lock_blocks_a_second_holder_until_released(tmp_path):
+    waits = []
+    inside = threading.Event()
+    release = threading.Event()
+    order = []
+
+    def first():
+        with cache.artifact_lock("thing"):
+            order.append("first in")
+            inside.set()
+            release.wait(5)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait(5)
+    threading.Timer(0.3, release.set).start()
+    with cache.artifact_lock("thing", poll=0.02, on_wait=waits.append):
+        order.append("second in")
+    thread.join()
+    assert order == ["first in", "first out", "second in"]
+    assert len(waits) == 1 and "pid" in waits[0]
+
+
+def test_lock_timeout_names_the_holder(tmp_path):
+    with cache.artifact_lock("thing"):
+        with pytest.raises(cache.LockTimeout, match=r"held by pid \d+"):
+            with cache.artifact_lock("thing", timeout=0.1, poll=0.02):
+                pass
+
+
+def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
+    home = os.environ["ESSENCEKIT_HOME"]
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from essencekit import cache
+        with cache.artifact_lock("thing"):
+            print("locked", flush=True)
+            time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "ESSENCEKIT_HOME": home})
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(cache.LockTimeout):  # really held while the process lives
+            with cache.artifact_lock("thing", timeout=0.1, poll=0.02):
+                pass
+        child.kill()  # SIGKILL: no cleanup runs; the lock file stays behind
+        child.wait(10)
+        lock_file = cache.artifact_dir("thing") / cache.LOCK_FILE
+        assert lock_file.exists() and "pid" in lock_file.read_text()
+        started = time.monotonic()
+        with cache.artifact_lock("thing", timeout=5, poll=0.02):
+            pass
+        assert time.monotonic() - started < 1
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+def test_lock_file_with_a_dead_pid_is_ignored(tmp_path):
+    folder = cache.artifact_dir("thing")
+    folder.mkdir(parents=True)
+    (folder / cache.LOCK_FILE).write_text('{"pid": 999999, "host": "elsewhere", "since": "2020-01-01"}')
+    with cache.artifact_lock("thing", timeout=1, poll=0.02):
+        pass
+
+
+def test_errors_are_essencekit_errors():
+    assert issubclass(DownloadError, EssencekitError) and issubclass(OfflineError, EssencekitError)
