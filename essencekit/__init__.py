@@ -1,6 +1,7 @@
 """essencekit: image-based CLIP-guided essence transfer (TargetCLIP) on StyleGAN2.
 
-The public API: :func:`load_generator`, :func:`load_encoder`, :func:`load_clip`, the
+The public API: :func:`extract` (an essence by optimisation), :func:`load_essence`,
+:func:`load_generator`, :func:`load_encoder`, :func:`load_clip`, the
 objects plugins register (:class:`Backend`, :class:`ClipVariant`, :class:`WeightArtifact`,
 :class:`Aligner`) and the :data:`hookimpl` marker for plugin authors.
 """
@@ -26,15 +27,19 @@ __all__ = [
     "FaceLandmarks",
     "WeightArtifact",
     "__version__",
+    "extract",
     "hookimpl",
     "load_clip",
     "load_encoder",
+    "load_essence",
     "load_generator",
     "select_backend",
 ]
 
 _LAZY = {
     "ClipVariant": ("essencekit.clip", "ClipVariant"),
+    "extract": ("essencekit.extract.api", "extract"),
+    "load_essence": ("essencekit.essence", "load_essence"),
     "load_clip": ("essencekit.api", "load_clip"),
     "load_encoder": ("essencekit.api", "load_encoder"),
     "load_generator": ("essencekit.api", "load_generator"),

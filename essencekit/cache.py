@@ -12,6 +12,10 @@ Layout (the root is ``$ESSENCEKIT_HOME``, else the platform's user cache folder)
         pin.json                      trust-on-first-use pin of an artifact with no published sha256
         .lock                         held (flock) while pull-weights works on the artifact
 
+An artifact may name a ``fallback``: another artifact with the same weights in another form.
+While the artifact itself is missing, :func:`resolve_artifact` returns the fallback's verified
+file instead (one level: a fallback's own fallback is not followed).
+
 A file appears under its final name only after its checksum holds (an atomic rename), so a
 crash, a full disk or Ctrl-C never leaves a corrupt file where loaders look. A verified file
 is remembered by its size and modification time, so a 1 GB checkpoint is hashed once, not on
@@ -102,7 +106,7 @@ _CONVERTED_SUFFIX = {"clip-torchscript": ".safetensors", "essence-npy": ".pt"}
 
 def converted_path(artifact: WeightArtifact) -> Path | None:
     """Where the conversion of ``artifact`` goes (``None`` when it has none)."""
-    if artifact.convert is None:
+    if artifact.convert is None or artifact.convert == "open-clip-safetensors":  # used as published
         return None
     if artifact.convert == "safe-checkpoint":
         stem = artifact.filename.rsplit(".", 1)[0]
@@ -164,6 +168,32 @@ def get_artifact(name: str) -> WeightArtifact:
     raise EssencekitError(
         f"unknown weight artifact {name!r}{hint}; `essencekit pull-weights --list` shows them all"
     )
+
+
+def fallback_artifact(artifact: WeightArtifact) -> WeightArtifact | None:
+    """The registered artifact ``artifact.fallback`` names (``None`` when it names none).
+
+    Raises a one-line :class:`EssencekitError` when no artifact of that name is registered or
+    it is of another kind: plugins register in any order, so this is checked when the fallback
+    is needed, not when the artifact is created."""
+    if artifact.fallback is None:
+        return None
+    from .plugins import owner_of, registered
+
+    artifacts = registered("weights")
+    alt = artifacts.get(artifact.fallback)
+    owner = owner_of("weights", artifact.name) or "its plugin"
+    if alt is None:
+        raise EssencekitError(
+            f"{artifact.name} names {artifact.fallback!r} as its fallback, but no weight artifact of that name "
+            f"is registered (a mistake in {owner}); `essencekit pull-weights --list` shows them all"
+        )
+    if alt.kind != artifact.kind:
+        raise EssencekitError(
+            f"{artifact.name} names {alt.name} as its fallback, but {alt.name} is a {alt.kind}, not a "
+            f"{artifact.kind} (a mistake in {owner})"
+        )
+    return alt
 
 
 # --------------------------------------------------------------------------- hashing
@@ -309,6 +339,7 @@ class ArtifactState:
     path: Path | None
     message: str = ""
     record: CacheRecord | None = None
+    via: str | None = None  # set by usable_state: the fallback whose file stands in for this artifact
 
     @property
     def ok(self) -> bool:
@@ -323,10 +354,12 @@ def _record_outdated(artifact: WeightArtifact, record: CacheRecord) -> str:
     return ""
 
 
-def artifact_state(artifact: WeightArtifact, *, rehash: bool = False) -> ArtifactState:
-    """Check ``artifact`` in the cache. Without ``rehash`` a file whose size and mtime match
-    its record counts as verified without reading it; a changed file is re-hashed (and its
-    record refreshed when it still matches). ``rehash=True`` always reads the file."""
+def artifact_state(artifact: WeightArtifact, *, rehash: bool = False, progress=None) -> ArtifactState:
+    """Check ``artifact`` in the cache (the artifact itself; :func:`usable_state` also looks at
+    its fallback). Without ``rehash`` a file whose size and mtime match its record counts as
+    verified without reading it; a changed file is re-hashed (and its record refreshed when it
+    still matches). ``rehash=True`` always reads the file. ``progress`` (an
+    :class:`essencekit.download.Progress`) is told how a re-hash advances."""
     record = read_record(artifact)
     if record is None:
         raw = raw_path(artifact)
@@ -350,7 +383,7 @@ def artifact_state(artifact: WeightArtifact, *, rehash: bool = False) -> Artifac
             artifact.name, "corrupt", path, f"{stat.st_size} bytes, expected {record.ready_size}", record
         )
     try:
-        digest = sha256_file(path)
+        digest = _hash_with_progress(path, stat.st_size, f"{artifact.name} (sha256)", progress)
     except OSError as error:
         return ArtifactState(artifact.name, "corrupt", path, f"cannot read {path}: {error.strerror}", record)
     if digest != record.ready_sha256:
@@ -365,16 +398,59 @@ def artifact_state(artifact: WeightArtifact, *, rehash: bool = False) -> Artifac
     return ArtifactState(artifact.name, "verified", path, "", record)
 
 
+def _hash_with_progress(path: Path, size: int, label: str, progress) -> str:
+    if progress is None:
+        return sha256_file(path)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.update(done)
+
+    progress.start(label, size, 0)
+    try:
+        return sha256_file(path, on_bytes=advance)
+    finally:
+        progress.finish()
+
+
+def usable_state(artifact: WeightArtifact) -> ArtifactState:
+    """Like :func:`artifact_state`, but while ``artifact`` is missing and its fallback is
+    verified, the fallback's state, with ``via`` naming the fallback (``path`` is then the
+    fallback's file: what :func:`resolve_artifact` returns). Raises for an unknown fallback
+    only when it is needed."""
+    state = artifact_state(artifact)
+    if state.state != "missing" or artifact.fallback is None:
+        return state
+    alt = fallback_artifact(artifact)
+    alt_state = artifact_state(alt)
+    if alt_state.state != "verified":
+        return state
+    return ArtifactState(
+        artifact.name, "verified", alt_state.path, f"provided by its fallback {alt.name}", alt_state.record,
+        via=alt.name,
+    )
+
+
 def pull_command(artifact: WeightArtifact, *, repair: bool = False) -> str:
     """The exact command that provides ``artifact``, for error messages."""
     return f"`essencekit pull-weights {artifact.name}{' --repair' if repair else ''}`"
 
 
 def missing_message(artifact: WeightArtifact) -> str:
+    alt = fallback_artifact(artifact)
+    if alt is None:
+        return (
+            f"{artifact.name} ({artifact.description.rstrip('.')}) is not in the weight cache {artifact_dir(artifact)}: "
+            f"run {pull_command(artifact)}; without internet, copy {artifact.filename} into a folder "
+            f"and run `essencekit pull-weights {artifact.name} --from FOLDER`"
+        )
     return (
-        f"{artifact.name} ({artifact.description.rstrip('.')}) is not in the weight cache {artifact_dir(artifact)}: "
-        f"run {pull_command(artifact)}; without internet, copy {artifact.filename} into a folder "
-        f"and run `essencekit pull-weights {artifact.name} --from FOLDER`"
+        f"{artifact.name} ({artifact.description.rstrip('.')}) is not in the weight cache {artifact_dir(artifact)}, "
+        f"nor is its fallback {alt.name}: run {pull_command(artifact)} (it pulls {alt.name} when "
+        f"{artifact.name}'s mirrors fail) or {pull_command(alt)}; without internet, copy {artifact.filename} "
+        f"or {alt.filename} into a folder and run `essencekit pull-weights {artifact.name} --from FOLDER`"
     )
 
 
@@ -382,22 +458,33 @@ def resolve_artifact(name: str) -> Path:
     """The ready-to-load file of artifact ``name``: the verified download, or its conversion
     (CLIP: the ``.safetensors``; essences: the essence ``.pt``).
 
-    Verified once and then remembered by size and mtime. Raises :class:`EssencekitError`
-    naming the ``essencekit pull-weights`` command (or ``--from``) that provides it when it is
-    missing, corrupt or outdated.
+    Verified once and then remembered by size and mtime. While the artifact is missing and it
+    names a ``fallback`` (the same weights in another form) that is verified, the fallback's
+    file is returned. Raises :class:`EssencekitError` naming the ``essencekit pull-weights``
+    command (or ``--from``) that provides it when it is missing, corrupt or outdated.
     """
     artifact = get_artifact(name)
-    state = artifact_state(artifact)
+    state = usable_state(artifact)
     if state.state == "verified":
         return state.path
     if state.state == "missing":
+        alt = fallback_artifact(artifact)
+        alt_state = artifact_state(alt) if alt is not None else None
+        if alt_state is not None and alt_state.state != "missing":
+            # the fallback is there but not usable: its own fix is the one to give
+            raise EssencekitError(f"{artifact.name} is not in the weight cache, and " + _state_error(alt, alt_state))
         raise EssencekitError(missing_message(artifact))
+    raise EssencekitError(_state_error(artifact, state))
+
+
+def _state_error(artifact: WeightArtifact, state: ArtifactState) -> str:
+    """The one-line error for a present but unusable (unverified, corrupt, outdated) artifact."""
     if state.state == "unverified":
-        raise EssencekitError(
+        return (
             f"{state.path} was not placed by pull-weights and is unverified: run {pull_command(artifact)} "
             f"to verify it (or `essencekit pull-weights {artifact.name} --from FOLDER`)"
         )
-    raise EssencekitError(
+    return (
         f"{artifact.name} in the cache ({state.path}) is {state.state}: {state.message}; "
         f"run {pull_command(artifact, repair=True)}"
     )

@@ -13,12 +13,19 @@ so that no later run unpickles anything:
   saved with plain containers (the ``Namespace`` becomes a ``dict``, NumPy values become
   Python numbers or tensors) so it loads with ``weights_only=True``. A checkpoint that already
   loads that way is used as published, with no copy.
+* ``open-clip-safetensors``: nothing to convert; the file is checked instead
+  (:func:`check_download`, before an unpinned file's first download is pinned): a well-formed
+  safetensors file (a JSON header and raw tensor bytes, so no pickle can hide in it) whose keys
+  look like an open_clip CLIP state dict (``visual.*``, plus the shapes the artifact lists in
+  ``extra["expect_shapes"]``). A web page, a Git LFS pointer or another model is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import pickle
 import warnings
 import zipfile
@@ -200,6 +207,81 @@ def safe_checkpoint(source: Path, target: Path) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------- safetensors, checked
+
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor entries (name -> ``{"dtype", "shape", "data_offsets"}``) of the safetensors
+    file ``path``, read from its header alone; raises :class:`EssencekitError` (``"not a
+    safetensors file (why)"``, to follow "the file is") when ``path`` is not a complete,
+    well-formed safetensors file."""
+    def refuse(reason: str) -> EssencekitError:
+        return EssencekitError(f"not a safetensors file ({reason})")
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise refuse(f"only {size} bytes")
+        length = int.from_bytes(head, "little")
+        if length < 2 or length > _MAX_SAFETENSORS_HEADER or 8 + length > size:
+            raise refuse("no valid header; it starts with " + repr(head[:8])[:40])
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise refuse("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise refuse("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    data = size - 8 - length
+    end = 0
+    for key, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if (not isinstance(entry.get("dtype") if isinstance(entry, dict) else None, str)
+                or not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(n, int) for n in offsets) or not 0 <= offsets[0] <= offsets[1] <= data):
+            raise refuse(f"malformed entry {key!r}")
+        end = max(end, offsets[1])
+    if end != data:
+        raise refuse(f"its tensors cover {end:,} of the {data:,} data bytes: truncated or padded")
+    return header
+
+
+def check_open_clip_safetensors(path: Path, *, expect_shapes: dict | None = None) -> None:
+    """Refuse ``path`` unless it is a safetensors file holding an open_clip CLIP state dict:
+    ``visual.*`` keys, and each name of ``expect_shapes`` with its shape. The error reads after
+    "the file is" (``"not a safetensors file (...)"``, ``"a safetensors file but ..."``)."""
+    header = safetensors_header(path)
+    if not any(key.startswith("visual.") for key in header):
+        example = next(iter(header), "none")
+        raise EssencekitError(
+            f"a safetensors file but not an open_clip CLIP state dict (no 'visual.*' keys among its "
+            f"{len(header)} tensors, e.g. {example!r})"
+        )
+    for key, shape in (expect_shapes or {}).items():
+        if key not in header:
+            raise EssencekitError(f"a CLIP state dict but not the expected model (it has no {key!r})")
+        if list(header[key]["shape"]) != list(shape):
+            raise EssencekitError(
+                f"a CLIP state dict but not the expected model ({key} is {tuple(header[key]['shape'])}, "
+                f"expected {tuple(shape)})"
+            )
+
+
+def check_download(artifact: WeightArtifact, path: Path) -> None:
+    """Check the content of a freshly downloaded or imported ``path`` before it is pinned or
+    converted: for ``open-clip-safetensors`` artifacts, :func:`check_open_clip_safetensors`
+    (nothing for the other kinds: their conversion reads the file anyway). Raises
+    :class:`EssencekitError` when the file is not what the artifact promises."""
+    if artifact.convert == "open-clip-safetensors":
+        check_open_clip_safetensors(path, expect_shapes=artifact.extra.get("expect_shapes"))
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -207,6 +289,12 @@ def convert_artifact(artifact: WeightArtifact, source: Path, target: Path, *, me
     """Apply ``artifact.convert`` to the verified ``source``; returns the ready file (which is
     ``source`` itself when nothing needed converting)."""
     if artifact.convert is None:
+        return source
+    if artifact.convert == "open-clip-safetensors":
+        try:
+            check_download(artifact, source)
+        except EssencekitError as error:
+            raise EssencekitError(f"{source} is {error}") from None
         return source
     if artifact.convert == "clip-torchscript":
         return clip_torchscript_to_safetensors(source, target, metadata=metadata)

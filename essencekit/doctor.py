@@ -80,24 +80,35 @@ def _cache() -> list[Check]:
     return [Check("cache", "folder", OK, str(root))]
 
 
+def _weight_check(artifact) -> Check:
+    from .cache import pull_command, usable_state
+
+    state = usable_state(artifact)
+    if state.state == "verified":
+        via = f" (its fallback {state.via})" if state.via else ""
+        return Check("weights", artifact.name, OK, f"verified{via}: {state.path}")
+    if state.state == "missing":
+        if artifact.group == ESSENTIAL_GROUP:
+            return Check("weights", artifact.name, WARN, f"not downloaded ({pull_command(artifact)})")
+        return Check("weights", artifact.name, INFO, "not downloaded (optional)")
+    if state.state == "unverified":
+        return Check("weights", artifact.name, WARN, f"{state.message}: run {pull_command(artifact)}")
+    return Check(
+        "weights", artifact.name, ERROR,
+        f"{state.state}: {state.message}; run {pull_command(artifact, repair=True)}",
+    )
+
+
 def _weights() -> list[Check]:
-    from .cache import artifact_state, pull_command
+    from .errors import EssencekitError
     from .plugins import registered
 
     checks = []
-    for name, artifact in registered("weights").items():
-        state = artifact_state(artifact)
-        if state.state == "verified":
-            status, detail = OK, f"verified: {state.path}"
-        elif state.state == "missing":
-            essential = artifact.group == ESSENTIAL_GROUP
-            status = WARN if essential else INFO
-            detail = f"not downloaded ({pull_command(artifact)})" if essential else "not downloaded (optional)"
-        elif state.state == "unverified":
-            status, detail = WARN, f"{state.message}: run {pull_command(artifact)}"
-        else:
-            status, detail = ERROR, f"{state.state}: {state.message}; run {pull_command(artifact, repair=True)}"
-        checks.append(Check("weights", name, status, detail))
+    for artifact in registered("weights").values():
+        try:
+            checks.append(_weight_check(artifact))
+        except EssencekitError as error:  # e.g. a plugin's fallback names no artifact
+            checks.append(Check("weights", artifact.name, ERROR, str(error)))
     return checks
 
 

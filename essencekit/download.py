@@ -7,6 +7,9 @@
   (it ignores ``Range``) restarts the part cleanly.
 * Retries with exponential backoff on timeouts, dropped connections, 5xx, 408 and 429; no
   retry on 401/403/404/410 or any other answer that will not change (next mirror at once).
+* An optional ``check(path)`` looks at the content of a complete, checksum-verified part
+  before it is renamed (say, "is this a safetensors file?"); a refusal deletes the part and
+  moves on to the next mirror, like a checksum mismatch.
 * Any ``text/html`` answer is "not the file", except a Google Drive confirmation form
   (``id="download-form"``, or the older ``confirm=`` link/cookie), which is followed.
 * ``ESSENCEKIT_OFFLINE=1`` forbids every request; a host that cannot be reached at all is not
@@ -66,7 +69,16 @@ DEFAULT_POLICY = RetryPolicy()
 
 
 class DownloadError(EssencekitError):
-    """Every mirror failed; the message lists why, one reason per mirror."""
+    """Every mirror failed; the message lists why, one reason per mirror. ``reasons`` holds
+    those reasons (``"host/path: why"``), ``by_host`` the same as ``"host: why"``, and ``hint``
+    the advice appended to the message, so a caller can combine failures into one line."""
+
+    def __init__(self, message: str, *, reasons: Sequence[str] = (), hint: str = "",
+                 by_host: Sequence[str] = ()):
+        super().__init__(message)
+        self.reasons = list(reasons)
+        self.by_host = list(by_host) or list(reasons)
+        self.hint = hint
 
 
 class NoNetworkError(DownloadError):
@@ -261,7 +273,9 @@ def _finalize(part: Path, dest: Path) -> None:
 
 class _Downloader:
     def __init__(self, dest: Path, sha256: str | None, size: int | None, label: str,
-                 progress: Progress, policy: RetryPolicy, session: requests.Session):
+                 progress: Progress, policy: RetryPolicy, session: requests.Session,
+                 check: Callable[[Path], None] | None = None):
+        self.check = check
         self.dest = dest
         self.part = dest.with_name(dest.name + ".part")
         self.sha256 = sha256
@@ -322,6 +336,7 @@ class _Downloader:
             # a complete part left by an interrupted run: check it without the network
             digest = _hash_file(self.part)
             if self.sha256 is None or digest == self.sha256:
+                self._check_content()
                 _finalize(self.part, self.dest)
                 return DownloadResult(self.dest, digest, existing, url)
             _remove(self.part)
@@ -445,8 +460,18 @@ class _Downloader:
                 f"sha256 mismatch: the file it served hashes to {digest[:16]}..., expected "
                 f"{self.sha256[:16]}... (a wrong or corrupt file; deleted)"
             )
+        self._check_content()
         _finalize(self.part, self.dest)
         return DownloadResult(self.dest, digest, received, url)
+
+    def _check_content(self) -> None:
+        if self.check is None:
+            return
+        try:
+            self.check(self.part)
+        except EssencekitError as error:
+            _remove(self.part)
+            raise _MirrorFailed(f"served a file that is {error} (deleted)") from None
 
 
 class _WriteFailed(Exception):
@@ -484,11 +509,14 @@ def download(
     policy: RetryPolicy | None = None,
     session: requests.Session | None = None,
     hint: str = "",
+    check: Callable[[Path], None] | None = None,
 ) -> DownloadResult:
     """Fetch ``dest`` from the first of ``urls`` that serves the right bytes.
 
     ``sha256`` (hex) and ``size`` (bytes) are checked when given; with ``sha256=None`` any
     complete non-HTML answer is accepted and its digest returned (the caller pins it).
+    ``check(part)``, when given, vets the content of a complete, verified part before it is
+    renamed; an :class:`EssencekitError` from it counts as "this mirror served the wrong file".
     ``dest`` appears only once verified; ``dest + ".part"`` holds an unfinished transfer and is
     resumed next time. Raises :class:`OfflineError` when ``ESSENCEKIT_OFFLINE`` is set,
     :class:`NoNetworkError` when no host answered, :class:`DownloadError` when every mirror
@@ -502,14 +530,16 @@ def download(
             f"cannot download {label}: network access is disabled ({ENV_OFFLINE}=1){'; ' + hint if hint else ''}"
         )
     if not urls:
-        raise DownloadError(f"cannot download {label}: no URL is known for it{'; ' + hint if hint else ''}")
+        raise DownloadError(f"cannot download {label}: no URL is known for it{'; ' + hint if hint else ''}",
+                            reasons=["no URL is known for it"], hint=hint)
     from .cache import ensure_dir
 
     ensure_dir(dest.parent)
     own_session = session is None
     session = session or requests.Session()
-    engine = _Downloader(dest, sha256, size, label, progress or Progress(), policy or DEFAULT_POLICY, session)
+    engine = _Downloader(dest, sha256, size, label, progress or Progress(), policy or DEFAULT_POLICY, session, check)
     failures: list[str] = []
+    by_host: list[str] = []
     unreachable: list[tuple[str, str]] = []
     try:
         for url in urls:
@@ -517,6 +547,7 @@ def download(
                 return engine.mirror(url)
             except _MirrorFailed as failed:
                 failures.append(f"{_short(url)}: {failed.reason}")
+                by_host.append(f"{urlsplit(url).netloc}: {failed.reason}")
                 if failed.unreachable:
                     unreachable.append((urlsplit(url).netloc, failed.reason))
     finally:
@@ -528,6 +559,8 @@ def download(
         reason = unreachable[0][1]
         raise NoNetworkError(
             f"no network: cannot reach {hosts} ({reason}) to download {label}; check the connection "
-            f"or proxy settings{suffix}"
+            f"or proxy settings{suffix}",
+            reasons=[f"cannot reach {hosts} ({reason})"], hint=hint,
         )
-    raise DownloadError(f"could not download {label}: " + "; ".join(failures) + suffix)
+    raise DownloadError(f"could not download {label}: " + "; ".join(failures) + suffix, reasons=failures, hint=hint,
+                        by_host=by_host)

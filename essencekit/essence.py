@@ -59,7 +59,9 @@ class Essence:
             raise EssencekitError(f"essence metadata must map strings to strings; offending keys: {bad[:5]}")
         self.direction = direction.contiguous()
         self.coefficients = coefficients.contiguous()
-        self.metadata = dict(self.metadata)
+        # plain str copies: a str subclass (torch.__version__ is one) would pickle as an object
+        # that weights_only loading refuses
+        self.metadata = {str.__str__(k): str.__str__(v) for k, v in self.metadata.items()}
 
     @property
     def n_latent(self) -> int:

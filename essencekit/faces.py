@@ -209,7 +209,7 @@ def _render(image: Image.Image, quad: np.ndarray, qsize: float, output_size: int
 # results
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays and images: compare faces by identity
 class AlignedFace:
     """One face of a photo, cropped as FFHQ aligns its faces.
 

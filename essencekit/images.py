@@ -83,7 +83,9 @@ def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
-                image = Image.open(handle)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # corrupt-EXIF chatter: the pixels still count
+                    image = Image.open(handle)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError as error:
@@ -105,14 +107,14 @@ def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
         # a process-wide switch some libraries turn on; it would hand us grey half-images
         raise ImageReadError(path, "unreadable", f"{name}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process; turn it off to read photos safely")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
+        image.load()
     except Exception as error:  # Pillow reports damaged data as OSError, SyntaxError, zlib.error, ...
         raise ImageReadError(path, "truncated", f"{name}: truncated or damaged image data ({_short(error)}); re-copy or re-export it") from error
 
     try:
-        image = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF blocks
+            image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not cost the photo; it is then shown as stored
         pass
     return to_rgb(image)

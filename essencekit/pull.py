@@ -10,7 +10,9 @@ verify, convert and record them in the cache.
 Every artifact is fetched under its own lock, so concurrent runs never clash; a file only
 reaches its final name once its sha256 holds. Artifacts without a published checksum are
 pinned in the cache on first download (trust on first use) and checked against that pin from
-then on; this is said plainly when it happens.
+then on; this is said plainly when it happens. An artifact that names a ``fallback`` (the same
+weights in another form) gets the fallback pulled instead when every one of its own mirrors
+fails (or, with ``from_dir``, when its file is not in the folder); this is said too.
 """
 
 from __future__ import annotations
@@ -33,12 +35,22 @@ from .cache import (
     converted_path,
     ensure_dir,
     expected_sha256,
+    fallback_artifact,
     get_artifact,
     raw_path,
     sha256_file,
+    usable_state,
     write_error,
 )
-from .download import DEFAULT_POLICY, NoNetworkError, OfflineError, Progress, RetryPolicy, download, offline
+from .download import (
+    DEFAULT_POLICY,
+    DownloadError,
+    NoNetworkError,
+    Progress,
+    RetryPolicy,
+    download,
+    offline,
+)
 from .errors import EssencekitError
 from .weights import WeightArtifact
 
@@ -152,12 +164,19 @@ class LicenseNotAccepted(EssencekitError):
     """A license must be accepted before the artifact is downloaded."""
 
 
-def license_error(pending: list[WeightArtifact]) -> LicenseNotAccepted:
+def license_error(pending: list[WeightArtifact], *, shown: bool = False) -> LicenseNotAccepted:
+    """The one-line refusal. ``shown=True`` when the license texts were just shown (the
+    command line): then they are not repeated; otherwise each license's first line is named."""
     names = ", ".join(a.name for a in pending)
-    terms = "; ".join(f"{a.name}: {a.license.splitlines()[0]}" for a in pending)
+    one = len(pending) == 1
+    needs = f"{names} {'needs its license' if one else 'need their licenses'} accepted"
+    if shown:
+        return LicenseNotAccepted(
+            f"{needs} (shown above): rerun with --accept-licenses, or answer yes when asked"
+        )
+    terms = "; ".join(f"{a.name}: {(a.license.splitlines() or [''])[0]}" for a in pending)
     return LicenseNotAccepted(
-        f"{names} must have {'its' if len(pending) == 1 else 'their'} license accepted before download ({terms}); "
-        "rerun with --accept-licenses (or answer yes when asked) to accept"
+        f"{needs} before download ({terms}): rerun with --accept-licenses, or answer yes when asked"
     )
 
 
@@ -168,7 +187,9 @@ def license_error(pending: list[WeightArtifact]) -> LicenseNotAccepted:
 class PullResult:
     """What happened to one artifact. ``action``: ``present`` (already verified and recorded),
     ``downloaded``, ``imported`` (``--from``), ``verified`` (a file already in the cache was
-    checked, and converted if needed) or ``failed`` (``message`` says why, in one line)."""
+    checked, and converted if needed) or ``failed`` (``message`` says why, in one line).
+    ``via`` names the fallback artifact that provides it (``path`` is then the fallback's file),
+    or is ``None``."""
 
     name: str
     action: str
@@ -177,6 +198,7 @@ class PullResult:
     source: str = ""
     message: str = ""
     pinned_now: bool = False
+    via: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -197,6 +219,14 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return self.state in ("verified", "missing")
+
+
+class NotInFolder(EssencekitError):
+    """``from_dir`` (``folder``) does not hold the artifact's file."""
+
+    def __init__(self, message: str, folder: Path | None = None):
+        super().__init__(message)
+        self.folder = folder
 
 
 class PullFailed(EssencekitError):
@@ -224,7 +254,7 @@ def find_in_dir(artifact: WeightArtifact, folder: Path) -> Path | None:
 
 
 def _import_file(artifact: WeightArtifact, source: Path, dest: Path, expected: str | None,
-                 progress: Progress, link: bool) -> tuple[str, int]:
+                 progress: Progress, link: bool, check=None) -> tuple[str, int]:
     """Copy (or hard-link) ``source`` into the cache as ``dest`` once its checksum holds."""
     size = source.stat().st_size
     if artifact.size is not None and size != artifact.size:
@@ -274,6 +304,15 @@ def _import_file(artifact: WeightArtifact, source: Path, dest: Path, expected: s
             f"{source} is not {artifact.name}: its sha256 is {hexdigest[:16]}..., expected {expected[:16]}... "
             "(a different or corrupt file; nothing was placed in the cache)"
         )
+    if check is not None:
+        try:
+            check(part)
+        except EssencekitError as error:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise EssencekitError(
+                f"{source} is not {artifact.name}: the file is {error}; nothing was placed in the cache"
+            ) from None
     try:
         os.replace(part, dest)
     except OSError as error:
@@ -284,11 +323,22 @@ def _import_file(artifact: WeightArtifact, source: Path, dest: Path, expected: s
 # --------------------------------------------------------------------------- one artifact
 
 
-def _hint(artifact: WeightArtifact) -> str:
+def _hint(artifact: WeightArtifact, alt: WeightArtifact | None = None) -> str:
+    files = artifact.filename if alt is None else f"{artifact.filename} (or {alt.filename})"
     return (
-        f"without internet, copy {artifact.filename} into a folder and run "
+        f"without internet, copy {files} into a folder and run "
         f"`essencekit pull-weights {artifact.name} --from FOLDER`"
     )
+
+
+def _content_check(artifact: WeightArtifact):
+    """``check(path)`` for the download engine, or ``None`` when the artifact's kind of file
+    is only checked by its conversion."""
+    if artifact.convert != "open-clip-safetensors":
+        return None
+    from .convert import check_download
+
+    return lambda path: check_download(artifact, path)
 
 
 def _remove_artifact_files(artifact: WeightArtifact) -> None:
@@ -312,21 +362,127 @@ def pull_artifact(
     policy: RetryPolicy | None = None,
     notify: Notify | None = None,
     lock_timeout: float | None = None,
+    use_fallback: bool = True,
 ) -> PullResult:
     """Make ``artifact`` present and verified in the cache; returns what was done.
 
     Already verified: nothing to do (``present``). Otherwise it is imported from ``from_dir``
-    (no network) or downloaded (``mirrors`` first), verified, pinned on first use when it has
+    (no network) or downloaded (``mirrors`` first), checked, pinned on first use when it has
     no published checksum, converted when the artifact asks for it, and recorded. ``force``
     fetches again even when present (``--repair``). Raises :class:`EssencekitError` with a
     one-line message on failure; the cache then holds nothing new under a final name.
-    Licenses are not checked here: see :func:`pull`.
+    Licenses are not checked here (see :func:`pull`), except a fallback's.
+
+    When the artifact names a ``fallback`` (and ``use_fallback``): while it is missing and its
+    fallback is verified, that counts as present (``via`` names the fallback); when every
+    mirror fails (HTTP errors, web pages, wrong files, unreachable hosts) or ``from_dir`` lacks
+    its file, ``notify`` is told and the fallback is pulled instead. Then the result carries
+    the artifact's name, the fallback's file and ``via``.
     """
     if isinstance(artifact, str):
         artifact = get_artifact(artifact)
     progress = progress or Progress()
     notify = notify or _stderr
+    alt = fallback_artifact(artifact) if use_fallback else None  # an unknown name: one clear error
+    if alt is not None and not force and artifact_state(artifact).state == "missing":
+        alt_state = artifact_state(alt)
+        if alt_state.state == "verified":
+            record = alt_state.record
+            return PullResult(artifact.name, "present", alt_state.path, record.ready_size, record.source, via=alt.name)
+    options = dict(from_dir=from_dir, mirrors=mirrors, link=link, progress=progress, policy=policy,
+                   notify=notify, lock_timeout=lock_timeout)
+    try:
+        return _pull_one(artifact, force=force, hint_alt=alt, **options)
+    except (DownloadError, NotInFolder) as error:
+        if alt is None:
+            raise
+        failed = error
+    return _pull_fallback(artifact, alt, failed, options)
+
+
+def _trust_note(alt: WeightArtifact) -> str:
+    _expected, how = expected_sha256(alt)
+    if how == "registry":
+        return "checked against its published sha256"
+    if how == "first-use":
+        return "checked against the sha256 pinned at its first download in this cache"
+    return "unpinned, trust on first use: no checksum is published for it, so its first download is pinned"
+
+
+def _pull_fallback(artifact: WeightArtifact, alt: WeightArtifact, failed: EssencekitError, options: dict) -> PullResult:
+    notify = options["notify"]
+    if alt.license_must_accept and not cache.license_accepted(alt):
+        raise LicenseNotAccepted(
+            f"{artifact.name} is unavailable ({_reasons(failed)}) and its fallback {alt.name} needs its license "
+            f"accepted first: run `essencekit pull-weights {alt.name} --accept-licenses`"
+        )
+    if isinstance(failed, NotInFolder):
+        notify(
+            f"{artifact.name}: {artifact.filename} is not in the folder; importing its fallback {alt.name} "
+            f"({alt.filename}) instead ({_trust_note(alt)})"
+        )
+    else:
+        notify(
+            f"{artifact.name}: every mirror failed ({'; '.join(failed.by_host)}); falling back to {alt.name}, "
+            f"the same weights as {alt.filename} ({_trust_note(alt)})"
+        )
+    try:
+        result = _pull_one(alt, force=False, hint_alt=None, **options)
+    except (DownloadError, NotInFolder) as error:
+        raise _combined_failure(artifact, alt, failed, error) from None  # the first failure was just told
+    result.name, result.via = artifact.name, alt.name
+    return result
+
+
+def _reasons(error: EssencekitError) -> str:
+    reasons = getattr(error, "reasons", None)
+    return "; ".join(reasons) if reasons else str(error)
+
+
+def _combined_failure(artifact: WeightArtifact, alt: WeightArtifact, first: EssencekitError,
+                      second: EssencekitError) -> EssencekitError:
+    """One line for "neither the artifact nor its fallback could be had" (the artifact's own
+    failure was told through ``notify`` just before; its reasons stay in ``reasons``)."""
+    if isinstance(first, NotInFolder) and isinstance(second, NotInFolder):
+        return NotInFolder(
+            f"neither {artifact.filename} ({artifact.name}) nor {alt.filename} (its fallback {alt.name}) is in "
+            f"{first.folder}: copy one of them there (from {artifact.urls[0]}, or {alt.urls[0]} saved as "
+            f"{alt.filename})", first.folder,
+        )
+    if isinstance(first, NotInFolder):
+        told = f"{artifact.filename} is not in {first.folder}"
+    else:
+        told = "its mirrors failed, as said above"
+    message = (
+        f"could not get {artifact.name} ({told}) nor its fallback {alt.name} ({_reasons(second)}); "
+        + _hint(artifact, alt)
+    )
+    if isinstance(first, NoNetworkError) and isinstance(second, NoNetworkError):
+        return NoNetworkError(f"no network: {message}", reasons=[*first.reasons, *second.reasons])
+    return DownloadError(message, reasons=[*_as_list(first), *_as_list(second)], hint=_hint(artifact, alt))
+
+
+def _as_list(error: EssencekitError) -> list[str]:
+    reasons = getattr(error, "reasons", None)
+    return list(reasons) if reasons else [str(error)]
+
+
+def _pull_one(
+    artifact: WeightArtifact,
+    *,
+    from_dir: str | os.PathLike | None,
+    mirrors: Sequence[str],
+    force: bool,
+    link: bool,
+    progress: Progress,
+    policy: RetryPolicy | None,
+    notify: Notify,
+    lock_timeout: float | None,
+    hint_alt: WeightArtifact | None,
+) -> PullResult:
+    """:func:`pull_artifact` for exactly this artifact (no fallback)."""
     ensure_dir(artifact_dir(artifact))
+    check = _content_check(artifact)
 
     def waiting(holder: str) -> None:
         notify(f"{artifact.name}: waiting for {holder}, which is fetching it too")
@@ -354,7 +510,14 @@ def pull_artifact(
             if expected is not None and digest != expected:
                 raw.unlink()
                 digest = None
-            else:
+            elif check is not None:
+                try:
+                    check(raw)
+                except EssencekitError as error:
+                    raw.unlink()
+                    raise EssencekitError(f"{raw} is {error}; it was deleted, so the next pull fetches it again") \
+                        from None
+            if digest is not None:
                 size = raw.stat().st_size
         if digest is None:
             if from_dir is not None:
@@ -363,17 +526,29 @@ def pull_artifact(
                     raise EssencekitError(f"--from {folder}: no such folder")
                 found = find_in_dir(artifact, folder)
                 if found is None:
-                    raise EssencekitError(
+                    published = artifact.urls[0].rsplit("/", 1)[-1].split("?")[0]
+                    save_as = f"; save it as {artifact.filename}" if published != artifact.filename else ""
+                    raise NotInFolder(
                         f"{artifact.filename} ({artifact.name}) is not in {folder}: copy it there "
-                        f"(from {artifact.urls[0]})"
+                        f"(from {artifact.urls[0]}{save_as})", folder,
                     )
-                digest, size = _import_file(artifact, found, raw, expected, progress, link)
+                digest, size = _import_file(artifact, found, raw, expected, progress, link, check)
                 action, source = "imported", str(found.absolute())
             else:
-                result = download(
-                    mirror_urls(artifact, mirrors), raw, sha256=expected, size=artifact.size,
-                    label=artifact.name, progress=progress, policy=policy or DEFAULT_POLICY, hint=_hint(artifact),
-                )
+                try:
+                    result = download(
+                        mirror_urls(artifact, mirrors), raw, sha256=expected, size=artifact.size,
+                        label=artifact.name, progress=progress, policy=policy or DEFAULT_POLICY,
+                        hint=_hint(artifact, hint_alt), check=check,
+                    )
+                except DownloadError as error:
+                    if pinned != "first-use" or not any("sha256 mismatch" in r for r in error.reasons):
+                        raise
+                    pin = artifact_dir(artifact) / cache.PIN_FILE
+                    note = (f"the mirrors now serve a file other than the one pinned on first use; if it really "
+                            f"changed upstream, delete {pin} to trust the new one")
+                    raise type(error)(f"{error}; {note}", reasons=[*error.reasons, note], hint=error.hint,
+                                      by_host=[*error.by_host, note]) from None
                 digest, size, source = result.sha256, result.size, result.url
                 action = "downloaded"
 
@@ -463,13 +638,17 @@ def pull(
     otherwise :class:`LicenseNotAccepted` is raised before anything is downloaded. ``mirrors``
     (default: ``ESSENCEKIT_MIRROR``) are tried first as ``URL/<file name>``. Every artifact is
     attempted; when any failed, :class:`PullFailed` is raised at the end (its ``results`` hold
-    each outcome), except that a missing network stops at once. ``on_result`` is called as each
-    artifact finishes.
+    each outcome), except that no network, a full disk or an unwritable cache stops at once
+    (the artifacts after it are reported "not attempted" unless already in the cache). An
+    artifact whose mirrors all fail gets its ``fallback`` pulled instead (see
+    :func:`pull_artifact`). ``on_result`` is called as each artifact finishes.
     """
     selected = select(names, all=all)
     mirrors = list(env_mirrors() if mirrors is None else mirrors)
     for mirror in mirrors:
         check_mirror(mirror)
+    for artifact in selected:
+        fallback_artifact(artifact)  # an unknown fallback name: one clear error before any download
     pending = licenses_to_accept(selected)
     if pending:
         if accept_licenses or (confirm is not None and confirm(pending)):
@@ -480,14 +659,19 @@ def pull(
     stop: EssencekitError | None = None
     for artifact in selected:
         if stop is not None:
-            result = PullResult(artifact.name, "failed", message=f"not attempted: {stop}")
+            state = usable_state(artifact)
+            if state.state == "verified" and not force:
+                result = PullResult(artifact.name, "present", state.path, state.record.ready_size,
+                                    state.record.source, via=state.via)
+            else:
+                result = PullResult(artifact.name, "failed", message=f"not attempted: {_stop_reason(stop)}")
         else:
             try:
                 result = pull_artifact(
                     artifact, from_dir=from_dir, mirrors=mirrors, force=force, link=link,
                     progress=progress, policy=policy, notify=notify,
                 )
-            except (NoNetworkError, OfflineError, cache.DiskFullError, cache.CachePermissionError) as error:
+            except (NoNetworkError, cache.DiskFullError, cache.CachePermissionError) as error:
                 # the next artifact would fail the same way: say it once
                 stop = error
                 result = PullResult(artifact.name, "failed", message=str(error))
@@ -509,27 +693,50 @@ def pull(
     return results
 
 
+def _stop_reason(error: EssencekitError) -> str:
+    """A short reason for the artifacts not attempted after ``error`` (said in full once)."""
+    if isinstance(error, NoNetworkError):
+        return "no network (see above)"
+    if isinstance(error, cache.DiskFullError):
+        return "the disk is full (see above)"
+    if isinstance(error, cache.CachePermissionError):
+        return "the cache folder cannot be written (see above)"
+    return str(error)
+
+
 def verify(
     names: Sequence[str] = (),
     *,
     all: bool = True,  # noqa: A002
     repair: bool = False,
     on_result: Callable[[VerifyResult], None] | None = None,
+    progress: Progress | None = None,
+    hash_progress: Progress | None = None,
     **pull_options,
 ) -> list[VerifyResult]:
     """Re-hash the cached files of ``names`` (default: every artifact) against their records
     and the registry. With ``repair=True`` every corrupt, outdated or unverified artifact is
-    fetched again (``pull_options`` as for :func:`pull_artifact`). Missing artifacts are
-    reported, not fetched."""
+    fetched again (``progress`` and ``pull_options`` as for :func:`pull_artifact`). Missing
+    artifacts are reported, not fetched (one whose fallback is in the cache says so).
+    ``hash_progress`` is told how each re-hash advances."""
     selected = select(names, all=all and not names)
     results = []
     for artifact in selected:
-        state = artifact_state(artifact, rehash=True)
+        state = artifact_state(artifact, rehash=True, progress=hash_progress)
         result = VerifyResult(artifact.name, state.state, state.path, state.message)
+        if state.state == "missing" and artifact.fallback is not None:
+            try:
+                alt = fallback_artifact(artifact)
+                if artifact_state(alt).state == "verified":
+                    result.message = f"not downloaded; its fallback {alt.name} provides it"
+            except EssencekitError as error:
+                result.message = f"not downloaded; {error}"
         if repair and state.state in ("corrupt", "outdated", "unverified"):
             try:
-                pulled = pull_artifact(artifact, force=state.state != "unverified", **pull_options)
-                result = VerifyResult(artifact.name, "verified", pulled.path, f"repaired ({pulled.action})", True)
+                pulled = pull_artifact(artifact, force=state.state != "unverified", progress=progress,
+                                       **pull_options)
+                how = pulled.action if pulled.via is None else f"{pulled.action} its fallback {pulled.via}"
+                result = VerifyResult(artifact.name, "verified", pulled.path, f"repaired ({how})", True)
             except EssencekitError as error:
                 result = VerifyResult(artifact.name, state.state, state.path, f"{state.message}; repair failed: {error}")
         results.append(result)
@@ -544,7 +751,9 @@ def verify(
 def list_artifacts(names: Sequence[str] = ()) -> list[dict]:
     """Every artifact (or those ``names`` select) with its size, license and cache status
     (``verified``, ``unverified``, ``missing``, ``corrupt`` or ``outdated``), as plain data.
-    A present file whose size and mtime changed since it was verified is re-hashed."""
+    A present file whose size and mtime changed since it was verified is re-hashed.
+    ``provided_by`` names the artifact whose file loaders get (itself, its verified fallback
+    while it is missing, or ``None``)."""
     from .plugins import owner_of
 
     selected = select(names) if names else list(artifacts().values())
@@ -552,6 +761,10 @@ def list_artifacts(names: Sequence[str] = ()) -> list[dict]:
     for artifact in selected:
         state = artifact_state(artifact)
         _expected, pinned = expected_sha256(artifact)
+        provided_by = artifact.name if state.state == "verified" else None
+        if state.state == "missing" and artifact.fallback is not None:
+            with contextlib.suppress(EssencekitError):  # an unknown fallback: the row still lists
+                provided_by = usable_state(artifact).via
         rows.append({
             "name": artifact.name,
             "group": artifact.group,
@@ -566,6 +779,8 @@ def list_artifacts(names: Sequence[str] = ()) -> list[dict]:
             "license_accepted": cache.license_accepted(artifact) if artifact.license_must_accept else None,
             "urls": list(artifact.urls),
             "convert": artifact.convert,
+            "fallback": artifact.fallback,
+            "provided_by": provided_by,
             "status": state.state,
             "present": state.state != "missing",
             "verified": state.state == "verified",
@@ -591,6 +806,7 @@ __all__ = [
     "DEFAULT_GROUP",
     "ENV_MIRROR",
     "LicenseNotAccepted",
+    "NotInFolder",
     "PullFailed",
     "PullResult",
     "VerifyResult",

@@ -16,7 +16,12 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #   essence-npy       a published TargetCLIP (1, n_latent, style_dim) .npy -> an essencekit essence .pt
 #   safe-checkpoint   a PyTorch checkpoint that weights_only=True refuses as published (an
 #                     argparse.Namespace, NumPy scalars) -> the same data as plain containers
-CONVERSIONS = ("clip-torchscript", "essence-npy", "safe-checkpoint")
+#   open-clip-safetensors
+#                     already safetensors in open_clip's layout: nothing is converted, but the
+#                     file must be a well-formed safetensors file with CLIP keys ("visual.*",
+#                     and the shapes listed in extra["expect_shapes"]) before it is accepted
+#                     (and, when unpinned, before its first download is pinned)
+CONVERSIONS = ("clip-torchscript", "essence-npy", "safe-checkpoint", "open-clip-safetensors")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,14 @@ class WeightArtifact:
     published; ``license_must_accept`` makes ``pull-weights`` ask once before downloading.
     ``convert`` (one of :data:`CONVERSIONS`, or ``None``) names the conversion applied once
     after download; loaders then get the converted file from ``essencekit.cache.resolve_artifact``.
+
+    ``fallback`` names another registered artifact that provides the same weights in another
+    form (say, the same CLIP weights as open_clip safetensors on another host). When every
+    mirror of this artifact fails, ``pull-weights`` says so and pulls the fallback instead, and
+    ``resolve_artifact`` returns the fallback's verified file while this one is missing. The
+    fallback must be of the same ``kind``; its own fallback is not followed. The name can only
+    be checked once every plugin has registered, so an unknown name is reported when the
+    artifact is pulled or resolved, not here.
     """
 
     name: str
@@ -44,6 +57,7 @@ class WeightArtifact:
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
     convert: str | None = None
+    fallback: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "urls", tuple(self.urls))
@@ -60,6 +74,10 @@ class WeightArtifact:
             problems.append("size must be a positive number of bytes or None")
         if self.convert is not None and self.convert not in CONVERSIONS:
             problems.append(f"convert must be one of {', '.join(CONVERSIONS)} or None")
+        if self.fallback is not None and (not isinstance(self.fallback, str) or not _NAME.match(self.fallback)):
+            problems.append("fallback must be the name of another artifact or None")
+        elif self.fallback is not None and self.fallback == self.name:
+            problems.append("fallback must name another artifact, not itself")
         if not self.urls:
             problems.append("at least one URL is needed")
         for url in self.urls:

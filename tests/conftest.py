@@ -36,3 +36,78 @@ def register_plugin():
         return plugin
 
     return register
+
+
+# --------------------------------------------------------------------------- tiny models
+# Shared by the tests of commands that need a generator and a CLIP model: the tiny generator
+# fixture and a tiny random open_clip ViT registered under its own name.
+
+TINY_CLIP_NAME = "test-tiny-vit"
+TINY_CLIP_WEIGHTS = "clip-test-tiny-vit"
+
+
+def tiny_clip_variant():
+    from essencekit.clip import OPENAI_MEAN, OPENAI_STD, ClipVariant
+
+    return ClipVariant(
+        name=TINY_CLIP_NAME,
+        open_clip_config={
+            "embed_dim": 32,
+            "quick_gelu": True,
+            "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+        },
+        weights=TINY_CLIP_WEIGHTS,
+        mean=OPENAI_MEAN,
+        std=OPENAI_STD,
+    )
+
+
+@pytest.fixture
+def tiny_clip_plugin(register_plugin):
+    """Registers the tiny random CLIP variant ``test-tiny-vit`` for one test."""
+    import essencekit
+
+    variant = tiny_clip_variant()
+
+    class TinyClip:
+        @staticmethod
+        @essencekit.hookimpl
+        def register_clip_models(register):
+            register(variant)
+
+    register_plugin(TinyClip, "test-tiny-clip-shared")
+    return variant
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tmp_path_factory) -> Path:
+    """A .safetensors file of random weights (seed 0) for ``test-tiny-vit``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from essencekit.clip import build_clip_model
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = build_clip_model(tiny_clip_variant())
+    torch.random.set_rng_state(generator_state)
+    path = tmp_path_factory.mktemp("tiny-clip") / "tiny-vit.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_clip_encoder(tiny_clip_plugin, tiny_clip_weights):
+    """The tiny CLIP as a frozen ClipEncoder (raw input mode) for the 64 px tiny generator."""
+    from essencekit.clip import load_clip
+
+    return load_clip(TINY_CLIP_NAME, "cpu", input_mode="raw", generator_size=64, weights=tiny_clip_weights)
+
+
+@pytest.fixture
+def tiny_generator():
+    """The tiny StyleGAN2 fixture (64 px, 10 x 64 W+), frozen, on the CPU."""
+    from essencekit.models.stylegan2 import load_generator_checkpoint
+
+    return load_generator_checkpoint(FIXTURES / "tiny-stylegan2.pt")

@@ -73,3 +73,41 @@ def test_the_human_report_ends_with_a_verdict(capsys):
     code, out = _doctor(capsys)
     assert code == 0
     assert out.splitlines()[0] == "environment" and out.rstrip().endswith("ready")
+
+
+def test_weights_verified_then_corrupted_turn_doctor_red(capsys, tmp_path, register_plugin):
+    import hashlib
+    import os
+
+    import essencekit
+    from essencekit.cache import resolve_artifact
+    from essencekit.pull import pull
+
+    payload = b"weights " * 1000
+    digest = hashlib.sha256(payload).hexdigest()
+
+    class Toy:
+        @essencekit.hookimpl
+        def register_weights(self, register):
+            register(essencekit.WeightArtifact(
+                name="toy-gen", kind="generator", filename="toy.pt", urls=("http://127.0.0.1:9/toy.pt",),
+                sha256=digest, size=len(payload), license="MIT", description="a toy", group="faces"))
+
+    register_plugin(Toy(), "toy")
+    code, out = _doctor(capsys, "--json")
+    assert _checks(out)[1][("weights", "toy-gen")]["status"] == "warn"  # essential and missing
+
+    source = tmp_path / "from"
+    source.mkdir()
+    (source / "toy.pt").write_bytes(payload)
+    pull(["toy-gen"], from_dir=source)
+    code, out = _doctor(capsys, "--json")
+    check = _checks(out)[1][("weights", "toy-gen")]
+    assert code == 0 and check["status"] == "ok" and check["detail"].startswith("verified")
+
+    cached = resolve_artifact("toy-gen")
+    cached.write_bytes(payload[:-1] + b"X")  # same size, one byte flipped
+    os.utime(cached, ns=(0, 0))  # a changed mtime makes doctor re-hash
+    code, out = _doctor(capsys, "--json")
+    check = _checks(out)[1][("weights", "toy-gen")]
+    assert code == 1 and check["status"] == "error" and "--repair" in check["detail"]

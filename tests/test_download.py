@@ -423,3 +423,27 @@ def test_lock_file_with_a_dead_pid_is_ignored(tmp_path):
 
 def test_errors_are_essencekit_errors():
     assert issubclass(DownloadError, EssencekitError) and issubclass(OfflineError, EssencekitError)
+
+
+def test_a_content_check_refusal_deletes_the_part_and_tries_the_next_mirror(server, tmp_path, policy):
+    junk = server.route("/junk/file.bin", serve_bytes(b"not it" * 1000))
+    good = server.route("/good/file.bin", serve_bytes(DATA))
+    dest = tmp_path / "file.bin"
+    seen = []
+
+    def check(path):
+        seen.append(path.name)
+        if path.read_bytes()[:6] == b"not it":
+            raise EssencekitError("not the expected kind of file")
+
+    result = download([junk, good], dest, check=check, policy=policy)  # unpinned: only the check guards it
+
+    assert result.url == good and dest.read_bytes() == DATA
+    assert seen == ["file.bin.part", "file.bin.part"]  # checked before the rename, never under the final name
+    assert _leftovers(tmp_path) == ["file.bin"]
+
+    with pytest.raises(DownloadError) as caught:
+        download([junk], tmp_path / "other.bin", check=check, policy=policy)
+    assert "served a file that is not the expected kind of file (deleted)" in str(caught.value)
+    assert caught.value.by_host == [f"127.0.0.1:{server.port}: served a file that is not the expected kind of file (deleted)"]
+    assert _leftovers(tmp_path) == ["file.bin"]

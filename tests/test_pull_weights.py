@@ -115,10 +115,14 @@ def test_builtin_registry_is_well_formed():
         assert artifact.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", artifact.sha256), name
         assert artifact.license and artifact.description and artifact.source, name
     builtins = [a for a in registry.values() if plugins.owner_of("weights", a.name) == "essencekit_builtins.weights"]
-    # every built-in is pinned: all published checksums were found
-    assert all(a.sha256 for a in builtins)
+    # every built-in is pinned (all published checksums were found), except the Hugging Face
+    # fallbacks of OpenAI's CLIP, whose checksums could not be read: trusted on first use
+    assert {a.name for a in builtins if not a.sha256} == {"clip-vit-b-32-hf", "clip-rn50-hf"}
     filenames = [a.filename for a in builtins]
     assert len(filenames) == len(set(filenames))
+    for artifact in builtins:
+        if artifact.fallback is not None:  # names a registered artifact of the same kind
+            assert cache.fallback_artifact(artifact).kind == artifact.kind
 
 
 def test_builtin_artifacts_facts():
@@ -136,6 +140,20 @@ def test_builtin_artifacts_facts():
         # OpenAI's URLs carry the file's sha256 as a path segment
         for url in artifact.urls:
             assert urlsplit(url).path.split("/")[-2] == artifact.sha256
+    # OpenAI's URLs answer 404 since late 2025 (openai/CLIP#516): the same weights as open_clip
+    # safetensors on Hugging Face are the fallbacks, unpinned, checked by keys and shapes
+    from essencekit.clip import build_clip_model, get_variant
+
+    for primary, variant, repo in (("clip-vit-b-32", "ViT-B/32", "timm/vit_base_patch32_clip_224.openai"),
+                                   ("clip-rn50", "RN50", "timm/resnet50_clip.openai")):
+        alt = registry[registry[primary].fallback]
+        assert alt.name == f"{primary}-hf" and alt.group == "clip-mirrors" and alt.kind == "clip"
+        assert alt.urls == (f"https://huggingface.co/{repo}/resolve/main/open_clip_model.safetensors",)
+        assert alt.sha256 is None and alt.convert == "open-clip-safetensors" and alt.fallback is None
+        assert "MIT" in alt.license and "apache-2.0" in alt.license and not alt.license_must_accept
+        shapes = build_clip_model(get_variant(variant), device="meta").state_dict()
+        for key, shape in alt.extra["expect_shapes"].items():
+            assert list(shapes[key].shape) == shape, (primary, key)
     # stable mirrors before Google Drive
     for artifact in registry.values():
         drive = [i for i, u in enumerate(artifact.urls) if "google.com" in u]
@@ -161,6 +179,7 @@ def test_groups_and_the_default_selection():
     assert set(groups["faces"]) == {"stylegan2-ffhq", "e4e-ffhq", "clip-vit-b-32"}
     assert set(groups["metrics"]) == {"arcface-ir-se50", "clip-rn50", "celebs"}
     assert len(groups["essences"]) == 19
+    assert set(groups["clip-mirrors"]) == {"clip-vit-b-32-hf", "clip-rn50-hf"}  # never pulled by faces
     assert [a.name for a in pull.select()] == groups["faces"]
     assert [a.name for a in pull.select(["joker", "metrics", "joker"])] == ["joker", *groups["metrics"]]
     assert len(pull.select(all=True)) == len(plugins.registered("weights"))
@@ -555,7 +574,7 @@ def test_cli_no_network_stops_at_once(add_artifacts):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("Error: a: no network: cannot reach 127.0.0.1")
-    assert lines[1].startswith("Error: b: not attempted: no network")
+    assert lines[1] == "Error: b: not attempted: no network (see above)"  # said in full once
 
 
 def test_cli_verify_and_repair(server, add_artifacts):
@@ -585,8 +604,13 @@ def test_cli_licenses(server, add_artifacts):
     add_artifacts(make("nc", [url], DATA, license="CC BY-NC 4.0: non-commercial use only", license_must_accept=True))
     refused = cli("nc")
     assert refused.exit_code == 1
-    assert "CC BY-NC 4.0" in refused.stderr and "--accept-licenses" in refused.stderr
+    assert refused.stderr.count("CC BY-NC 4.0") == 1  # shown once, in the notice
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: nc needs its license accepted (shown above): rerun with --accept-licenses, or answer yes when asked"
+    )
     assert server.requests == []
+    with pytest.raises(pull.LicenseNotAccepted, match=r"^nc needs its license accepted before download \(nc: CC BY-NC"):
+        pull.pull(["nc"])  # the Python API shows nothing else: the error names the terms
     accepted = cli("nc", "--accept-licenses")
     assert accepted.exit_code == 0, accepted.output
     (row,) = json.loads(cli("--list", "--json", "nc").stdout)["artifacts"]
@@ -636,3 +660,307 @@ def test_the_essencekit_command_has_pull_weights(capsys):
     assert exit_.value.code == 0
     (row,) = json.loads(capsys.readouterr().out)["artifacts"]
     assert row["name"] == "joker" and row["status"] == "missing"
+
+
+# --------------------------------------------------------------------------- fallbacks
+
+
+def _open_clip_safetensors(path: Path) -> bytes:
+    """A tiny open_clip CLIP as safetensors: what timm's Hugging Face repositories publish."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in _tiny_open_clip().state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path.read_bytes()
+
+
+_TINY_SHAPES = {"visual.conv1.weight": [32, 3, 16, 16], "token_embedding.weight": [64, 32]}
+
+
+def _primary_and_fallback(urls, alt_urls, *, primary_data=DATA, **alt_kw):
+    """A pinned primary CLIP artifact and its unpinned open_clip-safetensors fallback."""
+    primary = make("prim", urls, primary_data, kind="clip", fallback="prim-hf")
+    alt = WeightArtifact(
+        name="prim-hf", kind="clip", group="test-mirrors", filename="prim.openai.safetensors",
+        urls=tuple(alt_urls), sha256=None, size=None, license="MIT: test", description="test fallback",
+        convert="open-clip-safetensors", extra={"expect_shapes": alt_kw.pop("expect_shapes", _TINY_SHAPES)},
+        **alt_kw,
+    )
+    return primary, alt
+
+
+def _files(name: str) -> list[str]:
+    folder = cache.artifact_dir(name)
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_primary_404_falls_back_and_resolves(server, add_artifacts, tmp_path):
+    safetensors = _open_clip_safetensors(tmp_path / "open_clip_model.safetensors")
+    gone = server.route("/clip/models/abc/prim.pt", status(404))
+    page = server.route("/blob/prim.pt", status(200, b"<html>moved</html>", "text/html"))
+    hf = server.route("/timm/resolve/main/open_clip_model.safetensors", serve_bytes(safetensors))
+    add_artifacts(*_primary_and_fallback([gone, page], [hf]))
+
+    notes = []
+    (result,) = pull.pull(["prim"], notify=notes.append)
+
+    assert result.name == "prim" and result.via == "prim-hf" and result.action == "downloaded"
+    assert result.pinned_now
+    falling = [n for n in notes if "falling back" in n]
+    assert len(falling) == 1 and "\n" not in falling[0]
+    assert "every mirror failed" in falling[0] and "HTTP 404" in falling[0] and "web page" in falling[0]
+    assert "falling back to prim-hf" in falling[0] and "trust on first use" in falling[0]
+    path = cache.resolve_artifact("prim")
+    assert path == cache.resolve_artifact("prim-hf") == cache.artifact_dir("prim-hf") / "prim.openai.safetensors"
+    assert path.read_bytes() == safetensors  # used as published: no conversion
+    assert cache.read_pin("prim-hf")["sha256"] == _sha(safetensors)
+    assert _files("prim") == [".lock"]  # nothing of the primary was kept
+
+    # a second pull needs no network at all: the fallback stands in for the primary
+    requests = len(server.requests)
+    (again,) = pull.pull(["prim"])
+    assert again.action == "present" and again.via == "prim-hf" and len(server.requests) == requests
+
+    # and the CLIP loader gets the fallback's state dict through resolve_artifact
+    from safetensors.torch import load_file
+
+    from essencekit.clip import ClipVariant, build_clip_visual, read_clip_state_dict
+
+    state = read_clip_state_dict(cache.resolve_artifact("prim"), artifact="prim")
+    assert set(state) == set(load_file(str(tmp_path / "open_clip_model.safetensors")))
+    variant = ClipVariant(
+        name="tiny", weights="prim", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), image_size=32,
+        open_clip_config={"embed_dim": 16, "quick_gelu": True,
+                          "vision_cfg": {"layers": 1, "width": 32, "patch_size": 16, "image_size": 32, "head_width": 16},
+                          "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}},
+    )
+    build_clip_visual(variant, state)  # strict: exactly open_clip's layout
+
+
+def test_cli_fallback_says_so_and_succeeds(server, add_artifacts, tmp_path):
+    safetensors = _open_clip_safetensors(tmp_path / "open_clip_model.safetensors")
+    gone = server.route("/prim.pt", status(404))
+    hf = server.route("/hf/open_clip_model.safetensors", serve_bytes(safetensors))
+    add_artifacts(*_primary_and_fallback([gone], [hf]))
+
+    result = cli("prim")
+
+    assert result.exit_code == 0, result.output
+    assert "ok prim: downloaded as its fallback prim-hf, sha256 pinned on first use" in result.stdout
+    assert "falling back to prim-hf" in result.stderr and "Error" not in result.stderr
+    (row,) = [r for r in json.loads(cli("--list", "--json").stdout)["artifacts"] if r["name"] == "prim"]
+    assert row["status"] == "missing" and row["fallback"] == "prim-hf" and row["provided_by"] == "prim-hf"
+    table = cli("--list", "prim")
+    assert table.exit_code == 0 and "via prim-hf" in table.stdout
+    (verified,) = pull.verify(["prim"])
+    assert verified.state == "missing" and verified.ok and "its fallback prim-hf provides it" in verified.message
+    assert [r.state for r in pull.verify(["prim-hf"])] == ["verified"]
+
+
+def test_primary_ok_leaves_the_fallback_untouched(server, add_artifacts):
+    good = server.route("/prim.pt", serve_bytes(DATA))
+    hf = server.route("/hf/open_clip_model.safetensors", status(500))
+    add_artifacts(*_primary_and_fallback([good], [hf]))
+
+    notes = []
+    (result,) = pull.pull(["prim"], notify=notes.append)
+
+    assert result.action == "downloaded" and result.via is None and notes == []
+    assert cache.resolve_artifact("prim").read_bytes() == DATA
+    assert server.requests_for("/hf/open_clip_model.safetensors") == []
+    assert not cache.artifact_dir("prim-hf").exists()
+
+
+@pytest.mark.parametrize("served", ["random bytes", "lfs pointer", "not clip", "other model"])
+def test_a_fallback_that_is_not_an_open_clip_safetensors_is_refused(server, add_artifacts, tmp_path, served):
+    from safetensors.torch import save_file
+
+    if served == "random bytes":
+        body = DATA
+    elif served == "lfs pointer":
+        body = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 605000000\n"
+    elif served == "not clip":
+        save_file({"encoder.weight": torch.ones(2, 2)}, str(tmp_path / "x.safetensors"))
+        body = (tmp_path / "x.safetensors").read_bytes()
+    else:  # a real open_clip CLIP, but not the model the artifact promises
+        body = _open_clip_safetensors(tmp_path / "x.safetensors")
+    gone = server.route("/prim.pt", status(404))
+    hf = server.route("/hf/open_clip_model.safetensors", serve_bytes(body))
+    expect = {"visual.conv1.weight": [768, 3, 32, 32]} if served == "other model" else _TINY_SHAPES
+    add_artifacts(*_primary_and_fallback([gone], [hf], expect_shapes=expect))
+
+    with pytest.raises(pull.PullFailed) as failed:
+        pull.pull(["prim"])
+
+    message = str(failed.value)
+    assert "\n" not in message
+    # the primary's 404s were told in the fallback notice: not repeated in the error
+    assert message.startswith("could not get prim (its mirrors failed, as said above) nor its fallback prim-hf (")
+    assert "HTTP 404" not in message
+    reason = {"random bytes": "not a safetensors file", "lfs pointer": "not a safetensors file",
+              "not clip": "not an open_clip CLIP state dict", "other model": "not the expected model"}[served]
+    assert reason in message
+    assert "copy prim.bin (or prim.openai.safetensors) into a folder" in message
+    # nothing left in the cache: no file, no part, no pin, no record
+    assert _files("prim-hf") == [".lock"] and _files("prim") == [".lock"]
+    with pytest.raises(EssencekitError, match="nor is its fallback prim-hf"):
+        cache.resolve_artifact("prim")
+
+
+def test_a_wrong_fallback_mirror_is_skipped_for_the_next(server, add_artifacts, tmp_path):
+    safetensors = _open_clip_safetensors(tmp_path / "open_clip_model.safetensors")
+    gone = server.route("/prim.pt", status(404))
+    wrong = server.route("/wrong/open_clip_model.safetensors", serve_bytes(DATA))
+    right = server.route("/right/open_clip_model.safetensors", serve_bytes(safetensors))
+    add_artifacts(*_primary_and_fallback([gone], [wrong, right]))
+    (result,) = pull.pull(["prim"])
+    assert result.via == "prim-hf" and result.source == right
+    assert cache.read_pin("prim-hf")["sha256"] == _sha(safetensors)  # the wrong file was never pinned
+
+
+def test_resolve_with_only_the_fallback_present(add_artifacts, tmp_path, monkeypatch):
+    primary, alt = _primary_and_fallback(["https://example.invalid/prim.pt"], ["https://example.invalid/hf"])
+    add_artifacts(primary, alt)
+    with pytest.raises(EssencekitError) as missing:
+        cache.resolve_artifact("prim")
+    message = str(missing.value)
+    assert "\n" not in message
+    assert "`essencekit pull-weights prim`" in message and "`essencekit pull-weights prim-hf`" in message
+    assert "prim.bin or prim.openai.safetensors" in message and "--from FOLDER" in message
+
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    _open_clip_safetensors(folder / "prim.openai.safetensors")
+    monkeypatch.setenv("ESSENCEKIT_OFFLINE", "1")
+    notes = []
+    # --from without the primary's file: the fallback's file is imported in its place
+    (result,) = pull.pull(["prim"], from_dir=folder, notify=notes.append)
+    assert result.action == "imported" and result.via == "prim-hf"
+    assert any("prim.bin is not in the folder; importing its fallback prim-hf" in n for n in notes)
+    assert _files("prim") == [".lock"]
+    assert cache.resolve_artifact("prim") == cache.artifact_dir("prim-hf") / "prim.openai.safetensors"
+
+    # offline, a plain pull is satisfied by the fallback already in the cache
+    (again,) = pull.pull(["prim"])
+    assert again.action == "present" and again.via == "prim-hf"
+
+    # a corrupt fallback is reported with its own fix
+    path = cache.resolve_artifact("prim")
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(EssencekitError, match=r"prim is not in the weight cache, and prim-hf .* corrupt.*prim-hf --repair"):
+        cache.resolve_artifact("prim")
+
+
+def test_from_dir_with_neither_file_is_one_line(add_artifacts, tmp_path):
+    add_artifacts(*_primary_and_fallback(["https://example.invalid/prim.pt"], ["https://example.invalid/hf/x"]))
+    with pytest.raises(pull.PullFailed) as failed:
+        pull.pull(["prim"], from_dir=tmp_path)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"neither prim.bin (prim) nor prim.openai.safetensors (its fallback prim-hf) is in {tmp_path}")
+
+
+def test_fallback_unreachable_too_is_no_network(add_artifacts):
+    add_artifacts(*_primary_and_fallback([closed_port_url("/prim.pt")], [closed_port_url("/hf")]),
+                  make("later", [closed_port_url("/later.bin")], DATA))
+    results = []
+    with pytest.raises(pull.PullFailed) as failed:
+        pull.pull(["prim", "later"], on_result=results.append)
+    message = str(failed.value)
+    assert message.startswith("no network: could not get prim (its mirrors failed, as said above)")
+    assert "nor its fallback prim-hf (cannot reach 127.0.0.1" in message
+    assert results[1].message == "not attempted: no network (see above)"
+
+
+def test_unreachable_primary_hosts_fall_back(server, add_artifacts, tmp_path):
+    # e.g. a retired CDN host name that no longer resolves: the fallback on another host works
+    safetensors = _open_clip_safetensors(tmp_path / "open_clip_model.safetensors")
+    hf = server.route("/hf/open_clip_model.safetensors", serve_bytes(safetensors))
+    add_artifacts(*_primary_and_fallback([closed_port_url("/a/prim.pt"), closed_port_url("/b/prim.pt")], [hf]))
+    notes = []
+    (result,) = pull.pull(["prim"], notify=notes.append)
+    assert result.via == "prim-hf" and any("connection refused" in n and "falling back" in n for n in notes)
+
+
+def test_unknown_or_mismatched_fallback_is_a_clear_error(server, add_artifacts):
+    url = server.route("/odd.bin", serve_bytes(DATA))
+    add_artifacts(make("odd", [url], DATA, fallback="nowhere"),
+                  make("kinds", [url], DATA, kind="clip", fallback="odd"))
+    with pytest.raises(EssencekitError, match=r"odd names 'nowhere' as its fallback, but no weight artifact"):
+        pull.pull(["odd"])
+    assert server.requests == []  # checked before any download
+    with pytest.raises(EssencekitError, match=r"names 'nowhere' as its fallback"):
+        cache.resolve_artifact("odd")
+    with pytest.raises(EssencekitError, match=r"kinds names odd as its fallback, but odd is a generator, not a clip"):
+        pull.pull(["kinds"])
+    rows = {r["name"]: r for r in pull.list_artifacts()}  # --list still works
+    assert rows["odd"]["fallback"] == "nowhere" and rows["odd"]["provided_by"] is None
+    result = cli("odd")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(EssencekitError, match="fallback must name another artifact"):
+        make("self", [url], DATA, fallback="self")
+
+
+def test_offline_pull_reports_each_artifact_on_its_own(add_artifacts, monkeypatch):
+    add_artifacts(make("a", ["https://example.invalid/a.bin"], DATA),
+                  make("b", ["https://example.invalid/b.bin"], DATA[::-1]))
+    folder = cache.artifact_dir("b")
+    folder.mkdir(parents=True)
+    (folder / "b.bin").write_bytes(DATA[::-1])  # placed by hand: verifiable without the network
+    result = cli("a", "b", env={"ESSENCEKIT_OFFLINE": "1"})
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: a: cannot download a: network access is disabled") and "a.bin" in line
+    assert "ok b: found in the cache, sha256 verified" in result.stdout
+
+
+def test_verify_reports_hashing_progress(server, add_artifacts):
+    url = server.route("/tiny.bin", serve_bytes(DATA))
+    add_artifacts(make("tiny", [url], DATA))
+    pull.pull(["tiny"])
+    events = []
+
+    class Record(pull.Progress):
+        def start(self, label, total, completed=0):
+            events.append(("start", label, total))
+
+        def update(self, completed):
+            events.append(("update", completed))
+
+        def finish(self):
+            events.append(("finish",))
+
+    (result,) = pull.verify(["tiny"], hash_progress=Record())
+    assert result.state == "verified"
+    assert events[0] == ("start", "tiny (sha256)", len(DATA)) and events[-2:] == [("update", len(DATA)), ("finish",)]
+
+
+def test_cli_hash_bar_only_for_large_files():
+    from essencekit.cli.pull_weights import _HashProgress
+
+    class FakeRich:
+        def __init__(self):
+            self.tasks, self.removed = {}, []
+
+        def add_task(self, label, total, completed):
+            self.tasks[len(self.tasks)] = [label, total, completed]
+            return len(self.tasks) - 1
+
+        def update(self, task, completed):
+            self.tasks[task][2] = completed
+
+        def remove_task(self, task):
+            self.removed.append(task)
+
+    rich = FakeRich()
+    bar = _HashProgress(rich)
+    bar.start("small (sha256)", 36_992)
+    bar.update(36_992)
+    bar.finish()
+    assert rich.tasks == {}
+    bar.start("e4e-ffhq (sha256)", 1_201_649_680)
+    bar.update(600_000_000)
+    assert rich.tasks[0] == ["e4e-ffhq (sha256)", 1_201_649_680, 600_000_000]
+    bar.finish()
+    assert rich.removed == [0]  # no finished bars left on the screen

@@ -20,6 +20,9 @@ up once at its smallest batch, then timed up to ``repeats`` times (fewer for slo
 ``time_budget_s``); the figure is the median.
 
 Batch-1 outputs (images and W+ gradients) of every variant are compared with the reference's.
+On CUDA the published code runs a compiled ``upfirdn2d`` kernel where it builds; the
+``reference`` variant here is always its pure-PyTorch path (what runs on the CPU and wherever
+the extension does not build).
 The report recommends the modulated-convolution form for the backend from the measured times.
 
 Run ``python benchmarks/generator.py --help`` (or ``python -m essencekit.bench.generator``).
@@ -417,6 +420,7 @@ def benchmark(
             progress(f"[{index}/{len(plans)}] {label}: {status} in {time.perf_counter() - t0:.1f} s")
         agreement = compare_outputs(outputs, AGREEMENT_TOLERANCE["reduced" if reduced else "float32"])
 
+    info["load_average_end"] = measure.load_average()
     reference = {
         (r["size"], r["op"], r["batch"]): r["median_s"]
         for r in rows if r["variant"] == "reference" and r.get("median_s")
@@ -487,10 +491,6 @@ def summary_lines(report: dict) -> list[str]:
     rec = report.get("recommendation")
     if rec:
         basis = "fwd+bwd" if rec["basis"] == "fwd+bwd" else "all cases"
-        cases = ", ".join(
-            f"{p['op']} {p['size']} px b{p['batch']}: shared {p['shared_s']:.2f} s / grouped {p['grouped_s']:.2f} s"
-            for p in rec["pairs"]
-        )
         if rec["clear"]:
             verdict = f"{rec['faster']} is faster"
         else:
@@ -499,7 +499,11 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             f"Modulated conv on {rec['backend']}: shared takes {rec['shared_over_grouped']:.2f}x the time of "
             f"grouped (geometric mean over {basis}) -> {verdict}; the {rec['backend']} backend uses "
-            f"{rec['backend_uses']} ({agree}). [{cases}]"
+            f"{rec['backend_uses']} ({agree})."
+        )
+        lines.extend(
+            f"  {p['op']} {p['size']} px batch {p['batch']}: shared {p['shared_s']:.2f} s, grouped {p['grouped_s']:.2f} s"
+            for p in rec["pairs"]
         )
     goal = report.get("goal")
     if goal:
@@ -555,7 +559,12 @@ def render(report: dict, console=None) -> None:
     console.print(table)
     for line in summary_lines(report):
         console.print(line, highlight=False, markup=False)
-    console.print(f"Total wall time {report['wall_s']:.0f} s.", highlight=False)
+    load = report["machine"].get("load_average_end")
+    console.print(
+        f"Total wall time {report['wall_s']:.0f} s"
+        + (f"; load average at the end {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)" if load else "") + ".",
+        highlight=False,
+    )
 
 
 def markdown_table(report: dict) -> str:

@@ -151,6 +151,14 @@ def available_memory_bytes() -> int | None:
     return _meminfo().get("MemAvailable")
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the OS reports them (other work skews timings)."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
     try:
@@ -188,7 +196,7 @@ def machine_info(backend=None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "memory_total_bytes": mem.get("MemTotal"),
         "memory_available_bytes": mem.get("MemAvailable"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "essencekit.cli.pull_weights",
     "essencekit.cli.plugins_cmd",
     "essencekit.cli.doctor_cmd",
+    "essencekit.cli.extract_cmd",
+    "essencekit.cli.essence_cmd",
 )
 
 HELP = """Image-based CLIP-guided essence transfer (TargetCLIP) for StyleGAN2 faces.

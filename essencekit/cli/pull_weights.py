@@ -20,9 +20,11 @@ from .output import err, out, print_json, progress_enabled
 HELP = """Download the model weights and published essences, verified by sha256.
 
 With no NAME, fetches the `faces` group (what transfer and extract need). NAME is an artifact
-(`joker`, `clip-rn50`, ...) or a group (`faces`, `essences`, `metrics`). Offline, copy the
-files into a folder and use `--from FOLDER`; `--mirror URL` (or ESSENCEKIT_MIRROR) tries your
-own mirror first (URL/<file name>); ESSENCEKIT_OFFLINE=1 forbids network access."""
+(`joker`, `clip-rn50`, ...) or a group (`faces`, `essences`, `metrics`, `clip-mirrors`). When
+every OpenAI URL of a CLIP model fails, its Hugging Face copy (`clip-vit-b-32-hf`, trusted on
+first use) is pulled instead, and says so. Offline, copy the files into a folder and use
+`--from FOLDER`; `--mirror URL` (or ESSENCEKIT_MIRROR) tries your own mirror first
+(URL/<file name>); ESSENCEKIT_OFFLINE=1 forbids network access."""
 
 
 def _size(n: int | None) -> str:
@@ -59,6 +61,34 @@ class _RichProgress:
             self._task = None
 
 
+class _HashProgress:
+    """A Rich bar while ``--verify`` re-hashes a large file (removed when the file is done:
+    small files would only flicker)."""
+
+    MIN_SIZE = 64 * 1000 * 1000
+
+    def __init__(self, progress):
+        self._progress = progress
+        self._task = None
+
+    def start(self, label: str, total: int | None, completed: int = 0) -> None:
+        self.finish()
+        if total is not None and total >= self.MIN_SIZE:
+            self._task = self._progress.add_task(label, total=total, completed=completed)
+
+    def update(self, completed: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=completed)
+
+    def finish(self) -> None:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+            self._task = None
+            refresh = getattr(self._progress, "refresh", None)
+            if refresh is not None:
+                refresh()  # drop the bar now, before the result line is printed
+
+
 def _make_progress():
     from rich.progress import (
         BarColumn,
@@ -80,6 +110,16 @@ def _make_progress():
     )
 
 
+def _say(line: str, progress_cm=None) -> None:
+    """Print a result line on stdout. While progress bars are live on a terminal that stdout
+    shares, print it through the bars' console instead, so it lands above them rather than
+    inside the bar line (Rich consoles write past Live's stdout redirection)."""
+    if progress_cm is not None and out.is_terminal:
+        progress_cm.console.print(line, highlight=False)
+    else:
+        out.print(line, highlight=False)
+
+
 def _fail(message: str) -> None:
     err.print(f"[red]Error:[/red] {escape(message)}", highlight=False)
 
@@ -98,16 +138,20 @@ def _list(names: list[str], as_json: bool) -> None:
         return
     table = Table(title=f"Weights (cache: {cache.cache_root()})", title_justify="left")
     for column in ("name", "group", "kind", "size", "status", "license"):
-        table.add_column(column)
+        # the names are what users type: never cut them; the license text may wrap
+        table.add_column(column, no_wrap=column in ("name", "size"))
     styles = {"verified": "green", "missing": "dim", "unverified": "yellow", "corrupt": "red", "outdated": "red"}
     for row in rows:
         license_text = row["license"].split(":")[0][:60]
         if row["license_must_accept"]:
             license_text = ("accepted: " if row["license_accepted"] else "must accept: ") + license_text
         status = row["status"] + (" (pinned on first use)" if row["pinned"] == "first-use" else "")
+        style = styles.get(row["status"], "")
+        if row["status"] == "missing" and row["provided_by"]:
+            status, style = f"via {row['provided_by']}", "green"  # its fallback stands in for it
         table.add_row(
             escape(row["name"]), escape(row["group"]), row["kind"], _size(row["size"]),
-            f"[{styles.get(row['status'], '')}]{status}[/]", escape(license_text),
+            f"[{style}]{escape(status)}[/]", escape(license_text),
         )
     out.print(table)
 
@@ -180,10 +224,13 @@ def pull_weights(
 
 
 def _result_line(result) -> str:
+    via = f" as its fallback {escape(result.via)}" if result.via else ""
     if result.action == "present":
-        return f"[green]ok[/green] {escape(result.name)}: already in the cache ({escape(str(result.path))})"
+        return f"[green]ok[/green] {escape(result.name)}: already in the cache{via} ({escape(str(result.path))})"
     verb = {"verified": "found in the cache"}.get(result.action, result.action)
-    return f"[green]ok[/green] {escape(result.name)}: {verb}, sha256 verified, {_size(result.size)} -> {escape(str(result.path))}"
+    checked = "sha256 pinned on first use" if result.pinned_now else "sha256 verified"
+    return (f"[green]ok[/green] {escape(result.name)}: {verb}{via}, {checked}, {_size(result.size)} -> "
+            f"{escape(str(result.path))}")
 
 
 def _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet) -> int:
@@ -196,7 +243,7 @@ def _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet) -> int:
     def on_result(result) -> None:
         if result.ok:
             if not quiet:
-                out.print(_result_line(result), highlight=False)
+                _say(_result_line(result), progress_cm)
         else:
             failures.append(result)
             _fail(f"{result.name}: {result.message}")
@@ -210,7 +257,7 @@ def _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet) -> int:
         if _licenses_accepted(pending, accept_licenses):
             pull.accept_licenses(pending)
         else:
-            raise pull.license_error(pending)
+            raise pull.license_error(pending, shown=True)  # the terms were just printed: one short line
 
     kwargs = dict(
         from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else None,
@@ -233,6 +280,7 @@ def _verify(names, all_, repair, quiet, from_dir, link, mirror) -> int:
     counts: dict[str, int] = {}
     bad = []
     styles = {"verified": "green", "missing": "dim"}
+    progress_cm = _make_progress() if progress_enabled(quiet) else None
 
     def on_result(result) -> None:
         counts[result.state] = counts.get(result.state, 0) + 1
@@ -243,15 +291,18 @@ def _verify(names, all_, repair, quiet, from_dir, link, mirror) -> int:
         style = styles.get(result.state, "red")
         detail = f": {escape(result.message)}" if result.message else ""
         line = f"[{style}]{result.state}[/{style}] {escape(result.name)}{detail}"
-        (out if result.ok else err).print(line, highlight=False)
+        if result.ok:
+            _say(line, progress_cm)
+        else:
+            err.print(line, highlight=False)
 
     options = dict(
         on_result=on_result, from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else pull.env_mirrors(),
     )
-    if progress_enabled(quiet):
-        progress_cm = _make_progress()
+    if progress_cm is not None:
         with progress_cm:
-            pull.verify(names, all=all_ or not names, repair=repair, progress=_RichProgress(progress_cm), **options)
+            pull.verify(names, all=all_ or not names, repair=repair, progress=_RichProgress(progress_cm),
+                        hash_progress=_HashProgress(progress_cm), **options)
     else:
         pull.verify(names, all=all_ or not names, repair=repair, **options)
     if not quiet:

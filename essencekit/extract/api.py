@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import json
 import logging
 import os
@@ -50,28 +49,27 @@ class Target:
 
 
 def read_target(target) -> Target:
-    """Open a target image (a path or a PIL image) and fingerprint it; one-line errors."""
-    from PIL import Image, UnidentifiedImageError
+    """Open a target image (a path or a PIL image) upright in RGB and fingerprint it; one-line errors."""
+    from PIL import Image
 
-    from ..clip import to_rgb
+    from ..images import read_image, to_rgb
 
     if isinstance(target, Image.Image):
         image = to_rgb(target)
         digest = hashlib.sha256(image.tobytes()).hexdigest()
         return Target(image, "target", "", f"pixels:{digest}")
     path = Path(os.fspath(target))
-    if not path.exists():
-        raise EssencekitError(f"target image not found: {path}")
-    if path.is_dir():
-        raise EssencekitError(f"target {path} is a folder; give an image file")
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            rgb = to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise EssencekitError(f"cannot read target image {path}: {str(error)[:200]}") from None
-    return Target(rgb, path.stem, path.name, hashlib.sha256(data).hexdigest())
+        image = read_image(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except EssencekitError as error:
+        raise EssencekitError(f"cannot read the target image: {error}") from None
+    except OSError as error:
+        raise EssencekitError(f"cannot read the target image {path}: {error.strerror or error}") from None
+    return Target(image, path.stem, path.name, digest.hexdigest())
 
 
 def _weights_identity(path_or_name, default_artifact: str) -> tuple[Path, str, str]:
@@ -159,6 +157,8 @@ class Extractor:
         self._encoder_spec = encoder
         self._aligner = aligner
         self._inverter = inverter
+        self.last_sources: SourceSet | None = None
+        self.last_batch_size: int | None = None
 
     def _check_clip(self) -> None:
         size = getattr(self.clip, "generator_size", self.generator.size)
@@ -264,28 +264,42 @@ class Extractor:
         held = None
         if settings.held_out and not result.interrupted:
             phase("held-out")
-            held = evaluate_directions(
-                generator, self.clip, source_set.held_out.to(device), target_embedding.to(device),
-                result.best_direction, strengths, lambda_transfer=settings.lambda_transfer,
-                lambda_consistency=settings.lambda_consistency, consistency=settings.consistency,
-                batch_size=batch_size, autocast=self.backend.autocast,
-            )
+            try:
+                # at full size also with --fast: the choice is made on the images users get
+                held = evaluate_directions(
+                    generator, self.clip, source_set.held_out.to(device), target_embedding.to(device),
+                    result.best_direction, strengths, lambda_transfer=settings.lambda_transfer,
+                    lambda_consistency=settings.lambda_consistency, consistency=settings.consistency,
+                    batch_size=batch_size, autocast=self.backend.autocast,
+                )
+            except KeyboardInterrupt:
+                result.interrupted = True
         chosen = int(torch.argmin(held[0] if held is not None else result.best_loss))
         essence = self._essence(
             target, settings, seed, source_set, kinds, result, strengths, held, chosen,
             batch_size=batch_size, render_size=render_size, seconds=time.perf_counter() - started,
         )
+        self.last_sources, self.last_batch_size = source_set, batch_size
         if result.interrupted:
             raise ExtractionInterrupted(essence, result.steps_done, settings.steps)
         if preview is not None:
             phase("preview")
-            from .preview import render_preview
-
-            render_preview(
-                generator, source_set.train.to(device), essence.direction, essence.recommended_strength, preview,
-                batch_size=batch_size, autocast=self.backend.autocast,
-            )
+            self.write_preview(essence, preview)
         return essence
+
+    def write_preview(self, essence: Essence, path: str | os.PathLike, sources: Tensor | None = None) -> Path:
+        """The contact sheet of ``essence`` on ``sources`` (default: the last run's training
+        sources, at most 8) as a PNG at ``path``."""
+        from .preview import render_preview
+
+        if sources is None:
+            if getattr(self, "last_sources", None) is None:
+                raise EssencekitError("no sources for the preview: run an extraction first or pass sources")
+            sources = self.last_sources.train[:8]
+        return render_preview(
+            self.generator, sources.to(self.backend.device), essence.direction, essence.recommended_strength, path,
+            batch_size=getattr(self, "last_batch_size", None), autocast=self.backend.autocast,
+        )
 
     def _essence(
         self, target: Target, settings: ExtractSettings, seed: int, source_set: SourceSet, kinds: list[str],
@@ -349,7 +363,7 @@ class Extractor:
             "backend": self.backend.name,
             "seconds": f"{seconds:.1f}",
             "essencekit_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         }
         if held is not None:

@@ -54,7 +54,9 @@ def render_preview(
     columns = 1 + len(strengths)
     sheet = Image.new("RGB", (columns * tile, header + len(rows) * tile), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for c, label in enumerate(["source"] + [f"strength {s:.2f}" for s in strengths]):
+    labels = ["source", f"strength {strengths[0]:.2f}", f"strength {strengths[1]:.2f}",
+              f"recommended {strengths[2]:.2f}"]
+    for c, label in enumerate(labels):
         draw.text((c * tile + 4, 4), label, fill=(0, 0, 0))
     for r, images in enumerate(rows):
         for c, image in enumerate(images):

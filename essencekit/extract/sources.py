@@ -121,7 +121,7 @@ def load_latent_file(path: Path) -> Tensor:
 
 def invert_folder(folder: Path, inverter: Inverter, needed: int, notify: Callable[[str], None]) -> Tensor:
     """W+ latents of the face photos in ``folder`` (sorted by name), until ``needed`` are found."""
-    from PIL import Image, UnidentifiedImageError
+    from ..images import read_image
 
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not photos:
@@ -131,11 +131,9 @@ def invert_folder(folder: Path, inverter: Inverter, needed: int, notify: Callabl
         if len(latents) == needed:
             break
         try:
-            with Image.open(photo) as image:
-                image.load()
-                image = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as error:
-            skipped.append(f"{photo.name} (unreadable: {str(error)[:80]})")
+            image = read_image(photo)
+        except EssencekitError:
+            skipped.append(f"{photo.name} (unreadable)")
             continue
         try:
             latent = inverter(image).detach().float().cpu()

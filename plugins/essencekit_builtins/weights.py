@@ -6,7 +6,15 @@ Where each fact comes from:
   project's reference notes (REFERENCE-FACTS.md, "Weights (sizes and sha256)"), read from
   public Git LFS pointers of the Hugging Face mirrors and checked against a second mirror.
 * OpenAI CLIP: the sha256 is the path segment of OpenAI's own URL (openai/CLIP ``clip.py``,
-  open_clip's ``pretrained.py``); the size is not published, so it is left unknown.
+  open_clip's ``pretrained.py``); the size is not published, so it is left unknown. Those URLs
+  have been reported answering 404 since late 2025 (openai/CLIP issue #516), so each names a
+  ``fallback``: the same OpenAI weights as open_clip-layout safetensors in timm's Hugging Face
+  repositories, the ``hf_hub`` entries of open_clip's ``pretrained.py`` for the ``openai``
+  tag (``timm/vit_base_patch32_clip_224.openai``, ``timm/resnet50_clip.openai``, file
+  ``open_clip_model.safetensors``: open_clip's ``HF_SAFE_WEIGHTS_NAME``). Their sha256 and
+  exact size could not be read from the build machines (about 605 MB and 408 MB), so they are
+  unpinned (trust on first use), and every download must be a well-formed safetensors file
+  with the model's CLIP keys and shapes before it is pinned.
 * The 19 TargetCLIP essences: ``SHA256SUMS`` of the published ``dirs/*.npy`` of
   hila-chefer/TargetCLIP at commit c59cb293a4ecbfa0a8f4bb1570745f2de2b5d88f (2022-10-02); each
   is a (1, 18, 512) float32 array, 36,992 bytes.
@@ -41,6 +49,14 @@ _NO_LICENSE = (
     "keep their rights"
 )
 _OPENAI_MIT = "MIT: openai/CLIP (https://github.com/openai/CLIP/blob/main/LICENSE)"
+_OPENAI_MIT_VIA_TIMM = (
+    "MIT: the weights are OpenAI's CLIP, MIT-licensed by openai/CLIP "
+    "(https://github.com/openai/CLIP/blob/main/LICENSE); the Hugging Face repository {repo} that "
+    "repackages them declares apache-2.0 for its packaging"
+)
+_TIMM_VIT_B_32 = "timm/vit_base_patch32_clip_224.openai"
+_TIMM_RN50 = "timm/resnet50_clip.openai"
+_OPEN_CLIP_FILE = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
 
 
 def _targetclip_urls(file: str) -> tuple[str, ...]:
@@ -110,6 +126,7 @@ CLIP_VIT_B_32 = WeightArtifact(
     description="OpenAI CLIP ViT-B/32, the TargetCLIP paper's model (converted once to safetensors, open_clip layout)",
     source="OpenAI (openai/CLIP clip.py _MODELS; the path segment is the file's sha256)",
     convert="clip-torchscript",
+    fallback="clip-vit-b-32-hf",
 )
 
 CLIP_RN50 = WeightArtifact(
@@ -127,6 +144,41 @@ CLIP_RN50 = WeightArtifact(
     description="OpenAI CLIP ResNet-50, the independent judge of the evaluation (converted once to safetensors)",
     source="OpenAI (openai/CLIP clip.py _MODELS; the path segment is the file's sha256)",
     convert="clip-torchscript",
+    fallback="clip-rn50-hf",
+)
+
+# the fallbacks: the same OpenAI weights, already safetensors in open_clip's layout (both
+# towers, quick_gelu models), so nothing is converted; checked instead (keys and shapes)
+_OPENAI_TEXT_SHAPES = {"token_embedding.weight": [49408, 512], "positional_embedding": [77, 512]}
+
+CLIP_VIT_B_32_HF = WeightArtifact(
+    name="clip-vit-b-32-hf",
+    kind="clip",
+    group="clip-mirrors",
+    filename="vit_base_patch32_clip_224.openai.safetensors",
+    urls=(_HF.format(repo=_TIMM_VIT_B_32, path=_OPEN_CLIP_FILE),),
+    size=None,  # about 605 MB; the exact size could not be read from here
+    sha256=None,  # not readable from here: trusted on first use
+    license=_OPENAI_MIT_VIA_TIMM.format(repo=_TIMM_VIT_B_32),
+    description="OpenAI CLIP ViT-B/32 as open_clip safetensors (Hugging Face, timm); clip-vit-b-32's fallback",
+    source=f"huggingface.co/{_TIMM_VIT_B_32} {_OPEN_CLIP_FILE} (open_clip pretrained.py hf_hub for ViT-B-32 openai)",
+    convert="open-clip-safetensors",
+    extra={"expect_shapes": {"visual.conv1.weight": [768, 3, 32, 32], **_OPENAI_TEXT_SHAPES}},
+)
+
+CLIP_RN50_HF = WeightArtifact(
+    name="clip-rn50-hf",
+    kind="clip",
+    group="clip-mirrors",
+    filename="resnet50_clip.openai.safetensors",
+    urls=(_HF.format(repo=_TIMM_RN50, path=_OPEN_CLIP_FILE),),
+    size=None,  # about 408 MB; the exact size could not be read from here
+    sha256=None,  # not readable from here: trusted on first use
+    license=_OPENAI_MIT_VIA_TIMM.format(repo=_TIMM_RN50),
+    description="OpenAI CLIP ResNet-50 as open_clip safetensors (Hugging Face, timm); clip-rn50's fallback",
+    source=f"huggingface.co/{_TIMM_RN50} {_OPEN_CLIP_FILE} (open_clip pretrained.py hf_hub for RN50 openai)",
+    convert="open-clip-safetensors",
+    extra={"expect_shapes": {"visual.conv1.weight": [32, 3, 3, 3], **_OPENAI_TEXT_SHAPES}},
 )
 
 ARCFACE_IR_SE50 = WeightArtifact(
@@ -208,7 +260,10 @@ def _essence(name: str, sha256: str) -> WeightArtifact:
 
 ESSENCES = tuple(_essence(name, sha) for name, sha in ESSENCE_SHA256.items())
 
-ARTIFACTS = (STYLEGAN2_FFHQ, E4E_FFHQ, CLIP_VIT_B_32, CLIP_RN50, ARCFACE_IR_SE50, CELEBS, *ESSENCES)
+ARTIFACTS = (
+    STYLEGAN2_FFHQ, E4E_FFHQ, CLIP_VIT_B_32, CLIP_RN50, ARCFACE_IR_SE50, CELEBS, *ESSENCES,
+    CLIP_VIT_B_32_HF, CLIP_RN50_HF,
+)
 
 
 @essencekit.hookimpl

@@ -1,0 +1,93 @@
+"""``essencekit info`` and ``essencekit export``: look into and convert essence files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from .output import err, out, print_json
+
+_SHOWN_FIRST = (
+    "name", "kind", "format_version", "latent_space", "direction_shape", "direction_norm", "recommended_strength",
+    "coefficients", "generator", "generator_sha256", "clip_model", "clip_input", "target_file", "target_sha256",
+    "seed", "loss", "transfer_loss", "consistency_loss", "held_out_loss", "chosen_restart", "selection",
+)
+
+
+def _text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+    if isinstance(value, (list, dict)):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+def info(
+    essence: Path = typer.Argument(..., metavar="ESSENCE", help="An essence file (.pt, .safetensors or TargetCLIP .npy)."),
+    json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+):
+    """Show an essence's metadata: how it was made, its losses and recommended strength."""
+    from ..essence import load_essence
+
+    data = load_essence(essence).info()
+    data = {"file": str(essence), **data}
+    if json_:
+        print_json(data)
+        return
+    keys = ["file"] + [k for k in _SHOWN_FIRST if k in data]
+    keys += sorted(k for k in data if k not in keys and k != "restarts")
+    width = max(len(k) for k in keys)
+    for key in keys:
+        out.print(f"[bold]{escape(key.ljust(width))}[/bold]  {escape(_text(data[key]))}", highlight=False)
+    restarts = data.get("restarts")
+    if isinstance(restarts, list) and restarts:
+        from rich.table import Table
+
+        table = Table(title="Restarts", title_justify="left")
+        columns = [c for c in ("restart", "init", "best_step", "loss", "transfer", "consistency", "held_out_loss",
+                               "strength", "chosen") if any(c in r for r in restarts)]
+        for column in columns:
+            table.add_column(column)
+        for row in restarts:
+            cells = []
+            for column in columns:
+                value = row.get(column, "")
+                if column == "chosen":
+                    value = "yes" if value else ""
+                elif isinstance(value, float):
+                    value = f"{value:.4f}"
+                cells.append(escape(_text(value)))
+            table.add_row(*cells)
+        out.print(table)
+
+
+def export(
+    essence: Path = typer.Argument(..., metavar="ESSENCE", help="The essence file to convert."),
+    output: Path = typer.Argument(..., metavar="OUT", help="Where to write: .npy (TargetCLIP), .pt or .safetensors."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+):
+    """Write an essence in another format; OUT.npy is the published TargetCLIP format ((1, 18, 512) float32)."""
+    from ..errors import EssencekitError
+    from ..essence import SUFFIXES, load_essence
+
+    if output.suffix.lower() not in SUFFIXES:
+        raise EssencekitError(f"unknown essence format {output.suffix!r} for {output}; use one of {', '.join(SUFFIXES)}")
+    if output.exists() and not overwrite:
+        raise EssencekitError(f"{output} already exists; pass --overwrite to replace it")
+    loaded = load_essence(essence)
+    loaded.save(output)
+    if output.suffix.lower() == ".npy" and loaded.metadata:
+        err.print(f"[dim]{escape(str(output))} holds only the direction: the .npy format has no metadata[/dim]",
+                  highlight=False)
+    out.print(f"wrote {escape(str(output))}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)
+    app.command("export")(export)

@@ -1,0 +1,258 @@
+"""``essencekit extract``: find the essence of target images by optimisation (TargetCLIP)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import typer
+from rich.markup import escape
+
+from .output import err, out, print_json, progress_enabled
+
+ESSENCE_SUFFIXES = (".pt", ".safetensors")
+
+
+def _plan_outputs(targets: list[Path], output: Path | None, preview: Path | None, overwrite: bool):
+    """(essence path, preview path or None) per target; refuses clashes and existing files."""
+    from ..errors import EssencekitError
+
+    if len(targets) == 1 and (output is None or output.suffix):
+        paths = [output if output is not None else Path.cwd() / f"{targets[0].stem}.pt"]
+    else:
+        folder = output if output is not None else Path.cwd()
+        if folder.exists() and not folder.is_dir():
+            raise EssencekitError(f"-o {folder}: with several targets -o names a folder, and this is a file")
+        paths = [folder / f"{t.stem}.pt" for t in targets]
+    for path in paths:
+        if path.suffix.lower() not in ESSENCE_SUFFIXES:
+            raise EssencekitError(
+                f"-o {path}: an essence is written as .pt or .safetensors (`essencekit export` writes .npy)"
+            )
+    previews = [None] * len(targets)
+    if preview is not None:
+        if preview.suffix.lower() != ".png":
+            raise EssencekitError(f"--preview {preview}: the contact sheet is a .png file")
+        previews = (
+            [preview] if len(targets) == 1
+            else [preview.with_name(f"{preview.stem}-{t.stem}{preview.suffix}") for t in targets]
+        )
+    planned = paths + [p for p in previews if p is not None]
+    seen: dict[Path, int] = {}
+    for index, path in enumerate(planned):
+        key = path.resolve()
+        if key in seen:
+            raise EssencekitError(f"two outputs would be written to {path} (targets with the same name?); "
+                                  "rename a target or use separate runs")
+        seen[key] = index
+        if path.exists() and not overwrite:
+            raise EssencekitError(f"{path} already exists; pass --overwrite to replace it")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            raise EssencekitError(f"cannot write {path}: {parent} is not writable")
+    return paths, previews
+
+
+class _Display:
+    """Progress on stderr: a live Rich bar for a person at a terminal, a few log lines otherwise."""
+
+    def __init__(self, steps: int, label: str, backend_name: str, size: int, enabled: bool):
+        from ..extract.eta import EtaEstimator
+
+        self.steps, self.label, self.backend_name, self.size = steps, label, backend_name, size
+        self.eta = EtaEstimator(steps)
+        self.enabled = enabled
+        self.progress = None
+        self.task = None
+        self._next_log = 0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
+                TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=err, transient=False,
+            )
+            self.progress.__enter__()
+            self.task = self.progress.add_task(escape(self.label), total=self.steps, losses="", eta="?")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def phase(self, name: str) -> None:
+        text = {
+            "sources": "preparing the sources", "target": "encoding the target", "optimise": "optimising",
+            "held-out": "choosing among restarts on the held-out sources", "preview": "rendering the preview",
+        }.get(name, name)
+        if self.progress is not None:
+            self.progress.update(self.task, description=escape(f"{self.label}: {text}"))
+        elif name != "optimise":
+            err.print(f"[dim]{escape(self.label)}: {escape(text)}[/dim]", highlight=False)
+
+    def step(self, report) -> None:
+        from ..extract.eta import format_duration
+
+        self.eta.update(report.seconds)
+        best = int(report.loss.argmin())
+        losses = (f"loss {float(report.loss[best]):.4f} (transfer {float(report.transfer[best]):.4f}, "
+                  f"consistency {float(report.consistency[best]):.4f})")
+        eta = format_duration(self.eta.remaining())
+        if self.progress is not None:
+            self.progress.update(self.task, completed=report.step + 1, losses=losses, eta=eta)
+        elif report.step + 1 >= self._next_log or report.step + 1 == report.steps:
+            err.print(f"{escape(self.label)}: step {report.step + 1}/{report.steps}  {losses}  ETA {eta}",
+                      highlight=False)
+            self._next_log = report.step + 1 + max(1, report.steps // 10)
+        if self.eta.should_warn():
+            err.print(
+                f"[yellow]This extraction will take about {format_duration(self.eta.remaining())} "
+                f"({self.eta.per_step:.1f} s per step on {escape(self.backend_name)} at {self.size} px). "
+                "--fast, fewer --num-sources or --restarts, or a GPU (--backend cuda or mps) make it much "
+                "quicker.[/yellow]",
+                highlight=False,
+            )
+
+
+def _summary(target: Path, path: Path, essence, preview: Path | None) -> dict:
+    info = essence.info()
+    return {
+        "target": str(target),
+        "output": str(path),
+        "preview": str(preview) if preview else None,
+        "recommended_strength": essence.recommended_strength,
+        "chosen_restart": int(info.get("chosen_restart", 0)),
+        "selection": info.get("selection"),
+        "loss": float(info["loss"]),
+        "transfer_loss": float(info["transfer_loss"]),
+        "consistency_loss": float(info["consistency_loss"]),
+        "held_out_loss": float(info["held_out_loss"]) if "held_out_loss" in info else None,
+        "restarts": info.get("restarts"),
+        "seed": int(info["seed"]),
+        "steps_done": int(info["steps_done"]),
+        "seconds": float(info["seconds"]),
+        "interrupted": info.get("interrupted") == "true",
+    }
+
+
+def extract(
+    targets: list[Path] = typer.Argument(..., metavar="TARGET...", help="Target image(s): photos, paintings, drawings."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output",
+        help="Essence file (.pt or .safetensors); default <target stem>.pt here. With several targets, a folder.",
+    ),
+    steps: int = typer.Option(1000, "--steps", help="Optimisation steps."),
+    lr: float = typer.Option(0.2, "--lr", help="Adam learning rate of the direction (and of the coefficients)."),
+    weight_decay: float = typer.Option(3e-3, "--weight-decay", help="Adam weight decay (coupled, not AdamW)."),
+    lambda_transfer: float = typer.Option(1.0, "--lambda-transfer", help="Weight of the transfer loss."),
+    lambda_consistency: float = typer.Option(0.6, "--lambda-consistency", help="Weight of the consistency loss."),
+    consistency: Literal["raw", "normalized"] = typer.Option(
+        "raw", "--consistency", help="CLIP deltas un-normalised (published recipe) or L2-normalised first."
+    ),
+    sources: str | None = typer.Option(
+        None, "--sources", metavar="FILE|DIR|celebs",
+        help="Source latents: a W+ latents file, a folder of face photos (e4e), or 'celebs'. Default: sampled.",
+    ),
+    num_sources: int = typer.Option(8, "--num-sources", help="Training sources N."),
+    held_out: int = typer.Option(4, "--held-out", help="Held-out sources M that choose among restarts (0: none)."),
+    restarts: int = typer.Option(4, "--restarts", help="Directions K optimised at once; the best is kept."),
+    init: Literal["auto", "inversion", "random"] = typer.Option(
+        "auto", "--init", help="Start of restart 1: the e4e inversion of the target (auto: when there is a face)."
+    ),
+    coefficients: Literal["sign", "adam", "fixed"] = typer.Option(
+        "sign", "--coefficients", help="Per-source coefficient updates: reference sign steps, Adam, or fixed at 1."
+    ),
+    clip: str = typer.Option("ViT-B/32", "--clip", help="CLIP model: ViT-B/32 or RN50 (or a plugin's)."),
+    clip_input: Literal["raw", "standard"] = typer.Option(
+        "raw", "--clip-input", help="CLIP input mode: raw [-1, 1] pixels (published recipe) or CLIP's standard."
+    ),
+    fast: bool = typer.Option(False, "--fast", help="Render at most 256 px while optimising (approximate; CPU/MPS)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per generator pass (default: by memory)."),
+    backend: str | None = typer.Option(None, "--backend", help="cpu, cuda, mps (default: the best available)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (recorded in the essence) for a repeatable run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    preview: Path | None = typer.Option(None, "--preview", metavar="GRID.png", help="Write a contact sheet at the end."),
+    json_: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    generator: str | None = typer.Option(
+        None, "--generator", metavar="PATH_OR_ARTIFACT", help="StyleGAN2 checkpoint (default: stylegan2-ffhq)."
+    ),
+    clip_weights: Path | None = typer.Option(None, "--clip-weights", metavar="PATH", help="CLIP weights file."),
+    encoder: str | None = typer.Option(
+        None, "--encoder", metavar="PATH_OR_ARTIFACT", help="e4e checkpoint for inversions (default: e4e-ffhq)."
+    ),
+    aligner: str | None = typer.Option(None, "--aligner", help="Face aligner for inversions (default: the best installed)."),
+):
+    """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
+    from ..extract.api import ExtractionInterrupted, Extractor, read_target
+    from ..extract.settings import ExtractSettings
+
+    settings = ExtractSettings(
+        steps=steps, lr=lr, weight_decay=weight_decay, lambda_transfer=lambda_transfer,
+        lambda_consistency=lambda_consistency, consistency=consistency, num_sources=num_sources, held_out=held_out,
+        restarts=restarts, init=init, coefficients=coefficients, fast=fast, batch_size=batch_size,
+    ).validate()
+    if seed is not None and seed < 0:
+        from ..errors import EssencekitError
+
+        raise EssencekitError(f"--seed must be a whole number >= 0, got {seed}")
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    read = [read_target(t) for t in targets]
+    if sources is not None and sources != "celebs" and not Path(sources).exists():
+        from ..errors import EssencekitError
+
+        raise EssencekitError(
+            f"--sources {sources}: no such file or folder (give a W+ latents file, a folder of face photos, or 'celebs')"
+        )
+    paths, previews = _plan_outputs(targets, output, preview, overwrite)
+
+    def notify(message: str) -> None:
+        err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+
+    extractor = Extractor(
+        generator=generator, clip=clip, clip_weights=clip_weights, clip_input=clip_input, encoder=encoder,
+        device=backend, aligner=aligner, notify=notify,
+    )
+    size = 256 if fast and extractor.generator.size > 256 else extractor.generator.size
+    summaries = []
+    for target_path, target, path, grid in zip(targets, read, paths, previews):
+        label = target_path.name
+        try:
+            with _Display(settings.steps, label, extractor.backend.name, size, progress_enabled()) as display:
+                essence = extractor.run(
+                    target, settings, sources=sources, seed=seed, progress=display.step, phase=display.phase
+                )
+        except ExtractionInterrupted as stop:
+            if stop.essence is None:
+                raise KeyboardInterrupt from None
+            stop.essence.save(path)
+            err.print(
+                f"[yellow]Interrupted after {stop.steps_done} of {stop.steps} steps: saved the best essence so far to "
+                f"{escape(str(path))}[/yellow]",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
+        essence.save(path)
+        if grid is not None:
+            extractor.write_preview(essence, grid)
+        summary = _summary(target_path, path, essence, grid)
+        summaries.append(summary)
+        if not json_:
+            held = f", held-out loss {summary['held_out_loss']:.4f}" if summary["held_out_loss"] is not None else ""
+            out.print(
+                f"wrote {escape(str(path))}: restart {summary['chosen_restart'] + 1} of {settings.restarts}, "
+                f"loss {summary['loss']:.4f}{held}, recommended strength {summary['recommended_strength']:.3f}"
+                + (f"; preview {escape(str(grid))}" if grid is not None else ""),
+                highlight=False,
+            )
+    if json_:
+        print_json({"essences": summaries})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract)

@@ -1,0 +1,48 @@
+"""The extraction benchmark's plumbing, at toy sizes and in this process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from essencekit.bench import extract as bench
+
+
+@pytest.fixture
+def report(tiny_clip_plugin):
+    return bench.benchmark(
+        size=64, sources=(2,), restarts=(2,), steps=2, clip=tiny_clip_plugin.name, max_channels=8,
+        runner=bench.in_process_runner,
+    )
+
+
+def test_both_loops_measure_the_same_problem(report):
+    rows = {r["loop"]: r for r in report["results"]}
+    assert set(rows) == {"reference", "essencekit"}
+    for row in rows.values():
+        assert "error" not in row and row["steps"] == 2 and row["median_step_s"] > 0 and row["peak_bytes"] > 0
+    # the same sources, first direction and target: the first measured loss agrees across the
+    # loops (exact resize vs the reference's 7x nearest + pooling)
+    assert rows["essencekit"]["first_loss"] == pytest.approx(rows["reference"]["first_loss"], abs=1e-4)
+    assert rows["essencekit"]["first_loss_diff"] < 1e-4
+    # the reference trains restarts one after another: its time for K = 2 is twice one restart's
+    assert rows["reference"]["per_step_for_restarts_s"] == pytest.approx(2 * rows["reference"]["median_step_s"])
+    assert rows["essencekit"]["speedup_vs_reference"] > 0
+    assert report["goals"] == []  # goals are for 1024 px on the CPU only
+    table = bench.markdown_table(report)
+    assert table.count("\n") == 4 and "| reference | 2 | 2 |" in table
+    json.dumps(report)
+
+
+def test_goals_read_the_right_rows():
+    rows = [
+        {"loop": "essencekit", "sources": 4, "restarts": 1, "speedup_vs_reference": 3.4, "peak_bytes": 5 * 2**30},
+        {"loop": "essencekit", "sources": 8, "restarts": 1, "peak_bytes": 9 * 2**30},
+    ]
+    goals = bench.evaluate_goals(rows, "cpu", 1024)
+    assert [g["met"] for g in goals] == [True, True, False]
+
+
+def test_command_line_rejects_unknown_loops(capsys):
+    assert bench.main(["--loops", "mine"]) == 2
