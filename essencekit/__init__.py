@@ -29,6 +29,8 @@ __all__ = [
     "__version__",
     "extract",
     "hookimpl",
+    "invert",
+    "transfer",
     "load_clip",
     "load_encoder",
     "load_essence",
@@ -43,6 +45,8 @@ _LAZY = {
     "load_clip": ("essencekit.api", "load_clip"),
     "load_encoder": ("essencekit.api", "load_encoder"),
     "load_generator": ("essencekit.api", "load_generator"),
+    "transfer": ("essencekit.transfer.api", "transfer"),
+    "invert": ("essencekit.transfer.api", "invert"),
 }
 
 

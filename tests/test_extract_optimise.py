@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from essencekit.clip import ClipEncoder, build_clip_model, build_clip_visual, clip_resize
-from essencekit.extract import optimise as optimise_module
 from essencekit.extract.optimise import OptimiseSettings, evaluate_directions, optimise
 from essencekit.extract.schedule import learning_rate
 from essencekit.extract.sources import derive_seed, random_directions, sample_latents
@@ -84,7 +83,8 @@ def test_two_pass_gradients_equal_one_graph(trace, generator):
     gradients = []
     for batch, two_pass in ((None, False), (8, True), (3, True), (1, True), (3, False)):
         direction = init.clone().requires_grad_(True)
-        coefficients = (torch.ones(2, 4) + torch.rand(2, 4, generator=torch.Generator().manual_seed(2))).requires_grad_(True)
+        jitter = torch.rand(2, 4, generator=torch.Generator().manual_seed(2))
+        coefficients = (torch.ones(2, 4) + jitter).requires_grad_(True)
         restart_of, source_of = torch.arange(2).repeat_interleave(4), torch.arange(4).repeat(2)
 
         def embed_chunk(part):
@@ -278,6 +278,21 @@ def test_fast_mode_on_a_512px_generator():
     assert change > 0.5
 
 
-def test_auto_checkpointing_threshold():
-    assert not optimise_module.auto_checkpoint(256)
-    assert optimise_module.auto_checkpoint(512) and optimise_module.auto_checkpoint(1024)
+def test_chunk_plan_prefers_one_graph_then_plain_chunks_then_checkpointing(monkeypatch):
+    from essencekit.backends import select_backend
+    from essencekit.bench.generator import ffhq_config
+    from essencekit.extract import memory
+
+    class FFHQ:
+        config = ffhq_config(1024)
+
+    cpu = select_backend("cpu")
+    per_image = memory.bytes_per_image(FFHQ, 1024)
+    assert 2.5 * 2**30 < per_image < 3.2 * 2**30  # measured: 2.6 GiB at 1024 px
+    assert memory.bytes_per_image(FFHQ, 256) < per_image / 4
+    monkeypatch.setattr(memory, "memory_budget", lambda device: 5 * 2**30)
+    assert memory.plan_chunks(FFHQ, cpu, 256, 4) == (4, False)  # all in one graph
+    assert memory.plan_chunks(FFHQ, cpu, 1024, 8) == (1, False)  # two-pass chunks, no recomputation
+    assert memory.plan_chunks(FFHQ, cpu, 1024, 8, batch_size=4) == (4, True)  # too big: checkpointed
+    monkeypatch.setattr(memory, "memory_budget", lambda device: 2 * 2**30)
+    assert memory.plan_chunks(FFHQ, cpu, 1024, 8) == (1, True)  # not one image fits without it

@@ -6,8 +6,9 @@ random weights), the same sources, target embedding and initial directions:
 * ``essencekit``: :func:`essencekit.extract.optimise.optimise` as ``essencekit extract`` runs
   it: source embeddings computed once, the exact small-matrix resize to CLIP, essencekit's
   resampling ops and the backend's modulated convolution, the backend's autocast, chunks of
-  the automatic ``--batch-size`` (two-pass backward when there is more than one chunk),
-  activation checkpointing from 512 px, K restarts batched in one pass.
+  the automatic ``--batch-size`` (two-pass backward when there is more than one chunk,
+  activation checkpointing only when one image does not fit otherwise), K restarts batched in
+  one pass.
 * ``reference``: a reference-equivalent loop transcribed from the published optimisation
   script: the reference's ``upfirdn2d`` (:mod:`essencekit.bench.reference_ops`) with the
   grouped modulated convolution, fp32, the sources re-rendered and re-encoded at every step,
@@ -127,8 +128,8 @@ def run_case(spec: dict) -> dict:
     import torch
 
     from ..backends import select_backend
-    from ..extract.memory import auto_batch_size
-    from ..extract.optimise import OptimiseSettings, auto_checkpoint, optimise
+    from ..extract.memory import plan_chunks
+    from ..extract.optimise import OptimiseSettings, optimise
     from ..extract.sources import random_directions, sample_latents
 
     backend = select_backend(spec.get("backend"))
@@ -150,15 +151,15 @@ def run_case(spec: dict) -> dict:
         )
         record["first_loss"] = first
     else:
-        batch = spec.get("batch_size") or auto_batch_size(generator, backend, generator.size, count * restarts)
-        settings = OptimiseSettings(steps=steps, batch_size=batch)
+        batch, checkpoint = plan_chunks(generator, backend, generator.size, count * restarts, spec.get("batch_size"))
+        settings = OptimiseSettings(steps=steps, batch_size=batch, checkpoint=checkpoint)
         result = optimise(
             generator, encoder, sources, target, init, settings, autocast=backend.autocast,
             callback=lambda report: (backend.synchronize(), times.append(report.seconds)),
         )
         record.update(
             first_loss=float(result.history["loss"][0, 0]), batch_size=batch,
-            chunks=math.ceil(count * restarts / batch), checkpoint=auto_checkpoint(generator.size),
+            chunks=math.ceil(count * restarts / batch), checkpoint=checkpoint,
         )
     wall = time.perf_counter() - started
     peak_device = backend.peak_memory() if backend.device.type != "cpu" else None
@@ -204,9 +205,11 @@ def benchmark(
     *, size: int = DEFAULT_SIZE, sources: Sequence[int] = DEFAULT_SOURCES, restarts: Sequence[int] = DEFAULT_RESTARTS,
     steps: int = DEFAULT_STEPS, loops: Sequence[str] = LOOPS, backend: str | None = None, clip: str = DEFAULT_CLIP,
     max_channels: int | None = None, seed: int = DEFAULT_SEED, runner: Callable[[dict, str], dict] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, reference_sources: Sequence[int] | None = None,
 ) -> dict:
-    """Run every (loop, N, K) case and return the report (plain data)."""
+    """Run every (loop, N, K) case and return the report (plain data). ``reference_sources``
+    limits the reference loop to those N (its one-graph peak grows fast: about 21 GiB for the
+    generator alone at N = 4, 1024 px, on the CPU)."""
     from ..backends import select_backend
 
     chosen = select_backend(backend)
@@ -215,8 +218,12 @@ def benchmark(
     info = measure.machine_info(chosen)
     started = time.perf_counter()
     rows = []
-    cases = [(loop, n, k) for n in sources for k in restarts for loop in loops
-             if not (loop == "reference" and k > 1 and 1 in restarts)]  # the reference's K is a multiple of K=1
+    reference_sources = sources if reference_sources is None else reference_sources
+    cases = [
+        (loop, n, k) for n in sources for k in restarts for loop in loops
+        # the reference trains restarts one after another: K = 1 gives its time for any K
+        if loop != "reference" or (n in reference_sources and (k == 1 or 1 not in restarts))
+    ]
     with tempfile.TemporaryDirectory(prefix="essencekit-bench-extract-") as workdir:
         for index, (loop, n, k) in enumerate(cases, 1):
             label = f"[{index}/{len(cases)}] {loop} N={n} K={k} at {size} px"
@@ -227,7 +234,10 @@ def benchmark(
             result = runner(spec, workdir)
             row = {"loop": loop, "sources": n, "restarts": k, **result}
             rows.append(row)
-            status = f"failed: {result['error']}" if "error" in result else f"{result.get('median_step_s', 0):.2f} s/step"
+            if "error" in result:
+                status = f"failed: {result['error']}"
+            else:
+                status = f"{result['median_step_s']:.2f} s/step"
             progress(f"{label}: {status} ({time.perf_counter() - t0:.0f} s)")
     reference = {r["sources"]: r for r in rows if r["loop"] == "reference" and r.get("median_step_s")}
     for row in rows:
@@ -277,10 +287,13 @@ def markdown_table(report: dict) -> str:
     ]
     for row in report["results"]:
         if row.get("error"):
-            lines.append(f"| {row['loop']} | {row['sources']} | {row['restarts']} | failed: {row['error'][:60]} | | | | |")
+            error = row["error"][:60]
+            lines.append(f"| {row['loop']} | {row['sources']} | {row['restarts']} | failed: {error} | | | | |")
             continue
         per_step = row["per_step_for_restarts_s"]
-        note = f" ({row['median_step_s']:.2f} x {row['restarts']})" if row["loop"] == "reference" and row["restarts"] > 1 else ""
+        note = ""
+        if row["loop"] == "reference" and row["restarts"] > 1:
+            note = f" ({row['median_step_s']:.2f} x {row['restarts']})"
         lines.append(
             f"| {row['loop']} | {row['sources']} | {row['restarts']} | {per_step:.2f}{note} | "
             f"{row.get('batch_size', row['sources'])} | {_fmt(measure.gib(row['peak_bytes']), '.2f')} | "
@@ -311,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restarts", type=_int_list, help="K values, comma-separated (default 1)")
     parser.add_argument("--steps", type=int, help=f"steps per case, the first a warm-up (default {DEFAULT_STEPS})")
     parser.add_argument("--loops", default=",".join(LOOPS), help="reference,essencekit (default both)")
+    parser.add_argument(
+        "--reference-sources", type=_int_list, metavar="N,...",
+        help="run the reference loop only for these N (default: all; it needs about 21 GiB at N = 4, 1024 px)",
+    )
     parser.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP variant, random weights (default %(default)s)")
     parser.add_argument("--max-channels", type=int, metavar="N", help="cap every feature width (smoke tests)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 256 px, 64 channels, N=2, K=1, 2 steps")
@@ -343,6 +360,7 @@ def main(argv: Sequence[str] | None = None, *, runner: Callable[[dict, str], dic
         steps=args.steps or quick.get("steps", DEFAULT_STEPS), loops=loops, backend=args.backend,
         clip=args.clip, max_channels=args.max_channels or quick.get("max_channels"), seed=args.seed,
         runner=runner or subprocess_runner(args.timeout), progress=lambda message: err.print(message),
+        reference_sources=args.reference_sources,
     )
     for line in measure.describe_machine(report["machine"]):
         out.print(line, highlight=False)

@@ -312,15 +312,17 @@ def compare_outputs(outputs: dict[tuple[int, str], dict[str, dict]], tolerance: 
 def recommend_modulated_conv(rows: Sequence[dict], backend_name: str, current: str) -> dict | None:
     """Which modulated-convolution form was faster, by the geometric mean of the time ratio
     shared / grouped over fwd+bwd (what extraction runs; all ops when fwd+bwd is missing)."""
-    times = {
-        (r["size"], r["op"], r["batch"], r["variant"]): r["median_s"]
-        for r in rows if r.get("median_s")
-    }
-    pairs = [
-        {"size": s, "op": op, "batch": b, "grouped_s": times[(s, op, b, "grouped")], "shared_s": t}
-        for (s, op, b, v), t in times.items()
-        if v == "shared" and (s, op, b, "grouped") in times
-    ]
+    measured = {(r["size"], r["op"], r["batch"], r["variant"]): r for r in rows if r.get("median_s")}
+    pairs = []
+    for (s, op, b, v), shared in measured.items():
+        grouped = measured.get((s, op, b, "grouped"))
+        if v == "shared" and grouped is not None:
+            pairs.append({
+                "size": s, "op": op, "batch": b,
+                "grouped_s": grouped["median_s"], "shared_s": shared["median_s"],
+                "grouped_peak_gib": measure.gib(grouped.get("peak_bytes")),
+                "shared_peak_gib": measure.gib(shared.get("peak_bytes")),
+            })
     if not pairs:
         return None
     basis = [p for p in pairs if p["op"] == "fwd+bwd"] or pairs
@@ -502,7 +504,9 @@ def summary_lines(report: dict) -> list[str]:
             f"{rec['backend_uses']} ({agree})."
         )
         lines.extend(
-            f"  {p['op']} {p['size']} px batch {p['batch']}: shared {p['shared_s']:.2f} s, grouped {p['grouped_s']:.2f} s"
+            f"  {p['op']} {p['size']} px batch {p['batch']}: shared {p['shared_s']:.2f} s "
+            f"({_fmt(p['shared_peak_gib'], '.2f', ' GiB')}), grouped {p['grouped_s']:.2f} s "
+            f"({_fmt(p['grouped_peak_gib'], '.2f', ' GiB')})"
             for p in rec["pairs"]
         )
     goal = report.get("goal")

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "essencekit.cli.doctor_cmd",
     "essencekit.cli.extract_cmd",
     "essencekit.cli.essence_cmd",
+    "essencekit.cli.transfer_cmd", "essencekit.cli.invert_cmd",
 )
 
 HELP = """Image-based CLIP-guided essence transfer (TargetCLIP) for StyleGAN2 faces.

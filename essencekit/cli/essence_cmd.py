@@ -29,7 +29,9 @@ def _text(value) -> str:
 
 
 def info(
-    essence: Path = typer.Argument(..., metavar="ESSENCE", help="An essence file (.pt, .safetensors or TargetCLIP .npy)."),
+    essence: Path = typer.Argument(
+        ..., metavar="ESSENCE", help="An essence file (.pt, .safetensors or TargetCLIP .npy)."
+    ),
     json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ):
     """Show an essence's metadata: how it was made, its losses and recommended strength."""
@@ -77,7 +79,9 @@ def export(
     from ..essence import SUFFIXES, load_essence
 
     if output.suffix.lower() not in SUFFIXES:
-        raise EssencekitError(f"unknown essence format {output.suffix!r} for {output}; use one of {', '.join(SUFFIXES)}")
+        raise EssencekitError(
+            f"unknown essence format {output.suffix!r} for {output}; use one of {', '.join(SUFFIXES)}"
+        )
     if output.exists() and not overwrite:
         raise EssencekitError(f"{output} already exists; pass --overwrite to replace it")
     loaded = load_essence(essence)

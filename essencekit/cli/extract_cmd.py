@@ -74,8 +74,9 @@ class _Display:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
-                TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=err, transient=False,
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                console=err, transient=False,
             )
             self.progress.__enter__()
             self.task = self.progress.add_task(escape(self.label), total=self.steps, losses="", eta="?")
@@ -141,7 +142,9 @@ def _summary(target: Path, path: Path, essence, preview: Path | None) -> dict:
 
 
 def extract(
-    targets: list[Path] = typer.Argument(..., metavar="TARGET...", help="Target image(s): photos, paintings, drawings."),
+    targets: list[Path] = typer.Argument(
+        ..., metavar="TARGET", help="Target image(s): photos, paintings, drawings."
+    ),
     output: Path | None = typer.Option(
         None, "-o", "--output",
         help="Essence file (.pt or .safetensors); default <target stem>.pt here. With several targets, a folder.",
@@ -176,7 +179,9 @@ def extract(
     backend: str | None = typer.Option(None, "--backend", help="cpu, cuda, mps (default: the best available)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (recorded in the essence) for a repeatable run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    preview: Path | None = typer.Option(None, "--preview", metavar="GRID.png", help="Write a contact sheet at the end."),
+    preview: Path | None = typer.Option(
+        None, "--preview", metavar="GRID.png", help="Write a contact sheet at the end."
+    ),
     json_: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
     generator: str | None = typer.Option(
         None, "--generator", metavar="PATH_OR_ARTIFACT", help="StyleGAN2 checkpoint (default: stylegan2-ffhq)."
@@ -185,7 +190,9 @@ def extract(
     encoder: str | None = typer.Option(
         None, "--encoder", metavar="PATH_OR_ARTIFACT", help="e4e checkpoint for inversions (default: e4e-ffhq)."
     ),
-    aligner: str | None = typer.Option(None, "--aligner", help="Face aligner for inversions (default: the best installed)."),
+    aligner: str | None = typer.Option(
+        None, "--aligner", help="Face aligner for inversions (default: the best installed)."
+    ),
 ):
     """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
     from ..extract.api import ExtractionInterrupted, Extractor, read_target
@@ -207,7 +214,8 @@ def extract(
         from ..errors import EssencekitError
 
         raise EssencekitError(
-            f"--sources {sources}: no such file or folder (give a W+ latents file, a folder of face photos, or 'celebs')"
+            f"--sources {sources}: no such file or folder (give a W+ latents file, a folder of face photos, "
+            "or 'celebs')"
         )
     paths, previews = _plan_outputs(targets, output, preview, overwrite)
 

@@ -17,8 +17,10 @@ from torch import Tensor
 
 from ..errors import EssencekitError
 from ..essence import FORMAT_VERSION, Essence
-from .memory import auto_batch_size
+from .coefficients import WEIGHT_DECAY
+from .memory import plan_chunks
 from .optimise import OptimiseResult, OptimiseSettings, StepReport, evaluate_directions, optimise
+from .schedule import RAMPDOWN, RAMPUP
 from .settings import FAST_SIZE, ExtractSettings
 from .sources import SourceSet, random_directions, resolve_sources
 
@@ -194,7 +196,8 @@ class Extractor:
                 first = self.inverter()(target.image)
             except EssencekitError as error:
                 if settings.init == "inversion":
-                    raise EssencekitError(f"--init inversion: cannot invert {target.file or target.name}: {error}") from None
+                    name = target.file or target.name
+                    raise EssencekitError(f"--init inversion: cannot invert {name}: {error}") from None
                 self.notify(
                     f"no e4e inversion of {target.file or target.name} ({error}); restart 1 starts from a random "
                     "latent like the others"
@@ -202,12 +205,11 @@ class Extractor:
             if first is not None:
                 first = first.reshape(1, self.generator.n_latent, self.generator.style_dim).float().cpu()
         start = 0 if first is None else 1
+        # restart k draws from its own stream whether or not restart 1 is an inversion
         random = random_directions(self.generator, range(start, settings.restarts), seed, settings.truncation)
-        init = random if first is None else torch.cat([first, random])
-        kinds = ["random"] * start + ["random"] * (settings.restarts - start)
-        if first is not None:
-            kinds[0] = "inversion"
-        return init, kinds
+        if first is None:
+            return random, ["random"] * settings.restarts
+        return torch.cat([first, random]), ["inversion"] + ["random"] * (settings.restarts - 1)
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -243,14 +245,15 @@ class Extractor:
         init, kinds = self.initial_directions(target, settings, seed)
 
         render_size = min(FAST_SIZE, generator.size) if settings.fast else None
-        batch_size = settings.batch_size or auto_batch_size(
-            generator, self.backend, render_size or generator.size, settings.restarts * settings.num_sources
+        batch_size, checkpoint = plan_chunks(
+            generator, self.backend, render_size or generator.size, settings.restarts * settings.num_sources,
+            settings.batch_size,
         )
         options = OptimiseSettings(
             steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay,
             lambda_transfer=settings.lambda_transfer, lambda_consistency=settings.lambda_consistency,
             consistency=settings.consistency, coefficients=settings.coefficients, batch_size=batch_size,
-            render_size=render_size,
+            render_size=render_size, checkpoint=checkpoint,
         )
         phase("optimise")
         result = optimise(
@@ -277,7 +280,8 @@ class Extractor:
         chosen = int(torch.argmin(held[0] if held is not None else result.best_loss))
         essence = self._essence(
             target, settings, seed, source_set, kinds, result, strengths, held, chosen,
-            batch_size=batch_size, render_size=render_size, seconds=time.perf_counter() - started,
+            batch_size=batch_size, checkpoint=checkpoint, render_size=render_size,
+            seconds=time.perf_counter() - started,
         )
         self.last_sources, self.last_batch_size = source_set, batch_size
         if result.interrupted:
@@ -303,8 +307,8 @@ class Extractor:
 
     def _essence(
         self, target: Target, settings: ExtractSettings, seed: int, source_set: SourceSet, kinds: list[str],
-        result: OptimiseResult, strengths: Tensor, held, chosen: int, *, batch_size: int, render_size: int | None,
-        seconds: float,
+        result: OptimiseResult, strengths: Tensor, held, chosen: int, *, batch_size: int, checkpoint: bool,
+        render_size: int | None, seconds: float,
     ) -> Essence:
         from .. import __version__
 
@@ -333,8 +337,11 @@ class Extractor:
         best = restarts[chosen]
         n_latent, style_dim = self.generator.n_latent, self.generator.style_dim
         hyper = settings.as_dict()
-        hyper.update(batch_size=batch_size, coefficient_lr=settings.lr, coefficient_weight_decay=0.01,
-                     render_size=render_size or self.generator.size, schedule="rampup 0.005, rampdown 0.75")
+        hyper.update(
+            batch_size=batch_size, checkpoint_blocks=checkpoint, coefficient_lr=settings.lr,
+            coefficient_weight_decay=WEIGHT_DECAY, render_size=render_size or self.generator.size,
+            schedule=f"rampup {RAMPUP}, rampdown {RAMPDOWN}",
+        )
         metadata = {
             "format_version": FORMAT_VERSION,
             "name": target.name,

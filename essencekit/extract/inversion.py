@@ -15,7 +15,9 @@ from torch import Tensor
 from ..errors import EssencekitError
 
 
-def face_inverter(load_e4e: Callable[[], object], generator, *, aligner: str | None = None) -> Callable[[object], Tensor]:
+def face_inverter(
+    load_e4e: Callable[[], object], generator, *, aligner: str | None = None
+) -> Callable[[object], Tensor]:
     """A function ``PIL image -> W+ [n_latent, style_dim]`` (CPU float32) of the image's
     largest face. ``load_e4e`` is called on first use (the e4e checkpoint is large).
 
@@ -40,7 +42,8 @@ def face_inverter(load_e4e: Callable[[], object], generator, *, aligner: str | N
             if (e4e.n_latent, e4e.style_dim) != (generator.n_latent, generator.style_dim):
                 raise EssencekitError(
                     f"the e4e encoder makes [{e4e.n_latent}, {e4e.style_dim}] latents but the generator needs "
-                    f"[{generator.n_latent}, {generator.style_dim}]: use the e4e checkpoint of this generator (--encoder)"
+                    f"[{generator.n_latent}, {generator.style_dim}]: use the e4e checkpoint of this generator "
+                    "(--encoder)"
                 )
             state["e4e"] = e4e
         e4e = state["e4e"]

@@ -3,8 +3,9 @@
 The peak of a forward + backward pass is the activations the backward pass keeps: about 10.6
 float32 tensors the size of each rendered feature map, 6.7 to 8.4 with activation
 checkpointing per block (measured on the CPU at 256 to 1024 px, docs/extract.md), so the cost
-of one image is estimated from the generator's channel widths up to the rendered size. The budget is a share of the free memory, capped so that a
-run stays within the goals of docs/extract.md (8 GiB on the CPU, 20 GiB on a GPU).
+of one image is estimated from the generator's channel widths up to the rendered size. The
+budget is a share of the free memory, capped so that a run stays within the goals of
+docs/extract.md (8 GiB on the CPU, 20 GiB on a GPU).
 """
 
 from __future__ import annotations
@@ -60,12 +61,29 @@ def memory_budget(device: torch.device) -> int:
     return int(min(available * 0.5, CPU_CAP)) if available else FALLBACK
 
 
-def auto_batch_size(generator, backend, render_size: int, total: int) -> int:
-    """Images per chunk for ``total`` edited images: as many as the budget allows, at least 1."""
-    from .optimise import auto_checkpoint
+def plan_chunks(generator, backend, render_size: int, total: int, batch_size: int | None = None) -> tuple[int, bool]:
+    """``(images per chunk, checkpoint blocks?)`` for ``total`` edited images.
 
+    Per image, one graph costs a forward and a backward pass (F + B); the two-pass form over
+    several chunks costs F + F + B; checkpointing costs one more F, in the backward pass. So:
+    one chunk without checkpointing when everything fits the budget; otherwise chunks as large
+    as fit without checkpointing (F + F + B, the same as one checkpointed graph but with less
+    memory); checkpointing only when not even one image fits without it. A given
+    ``batch_size`` is kept, checkpointed when it does not fit otherwise.
+    """
     budget = memory_budget(backend.device)
-    per_image = max(1, bytes_per_image(generator, render_size, auto_checkpoint(render_size)))
-    if backend.autocast_dtype in (torch.float16, torch.bfloat16):
-        per_image //= 2
-    return max(1, min(total, budget // per_image))
+    scale = 2 if backend.autocast_dtype in (torch.float16, torch.bfloat16) else 1
+    plain = max(1, bytes_per_image(generator, render_size, False) // scale)
+    if batch_size is not None:
+        return batch_size, batch_size * plain > budget
+    if total * plain <= budget:
+        return total, False
+    if plain <= budget:
+        return max(1, budget // plain), False
+    checkpointed = max(1, bytes_per_image(generator, render_size, True) // scale)
+    return max(1, min(total, budget // checkpointed)), True
+
+
+def auto_batch_size(generator, backend, render_size: int, total: int) -> int:
+    """Images per chunk for ``total`` edited images (see :func:`plan_chunks`)."""
+    return plan_chunks(generator, backend, render_size, total)[0]

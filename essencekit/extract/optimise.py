@@ -17,10 +17,11 @@ back-propagated one after another. The exact two-pass form used instead:
 2. compute the loss on ``E`` as a leaf tensor -> ``dL/dE`` (and the loss that is reported
    and compared for the best snapshot);
 3. render and encode each chunk again with a graph and back-propagate ``dL/dE[chunk]``;
-   gradients of ``d`` and ``c`` accumulate across chunks.
+   gradients of ``d`` and ``c`` accumulate across chunks. (The last chunk keeps its graph
+   from step 1 instead of being rendered twice.)
 
-It costs one extra forward pass; when everything fits in one chunk the loop keeps the graph
-of the single pass instead (measured faster: no second forward).
+It costs one extra forward pass per chunk but one; when everything fits in one chunk the loop
+keeps the graph of the single pass instead (measured faster: no second forward).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class OptimiseSettings:
     coefficient_weight_decay: float = WEIGHT_DECAY
     batch_size: int | None = None  # images per chunk; None: all K * N at once
     render_size: int | None = None  # render only up to this resolution (--fast)
-    checkpoint: bool | None = None  # activation checkpointing per block; None: automatic
+    checkpoint: bool = False  # recompute each synthesis block in the backward pass (less memory)
     two_pass: bool | None = None  # None: only when there is more than one chunk
 
     def __post_init__(self):
@@ -148,12 +149,6 @@ def _checkpointing(generator, enabled: bool):
         generator.checkpoint_blocks = previous
 
 
-def auto_checkpoint(render_size: int) -> bool:
-    """Checkpoint blocks from 512 px up, where it cuts the memory of an image by a third
-    (2.6 -> 1.6 GiB at 1024 px); below, it saves little and costs a forward pass."""
-    return render_size >= 512
-
-
 def backward_in_chunks(
     embed_chunk: Callable[[slice], Tensor],
     chunks: list[slice],
@@ -176,12 +171,17 @@ def backward_in_chunks(
         losses[0].sum().backward()
         return losses
     with torch.no_grad():
-        embeddings = torch.cat([embed_chunk(part) for part in chunks])
-    embeddings = embeddings.view(*shape, -1).requires_grad_(True)
+        parts = [embed_chunk(part) for part in chunks[:-1]]
+    # The last chunk keeps its graph from the first pass, and is back-propagated first: one
+    # forward less per step, and still never more than one chunk's graph alive.
+    last = embed_chunk(chunks[-1])
+    embeddings = torch.cat(parts + [last.detach()]).view(*shape, -1).requires_grad_(True)
     losses = loss_fn(embeddings)
     losses[0].sum().backward()
     grad = embeddings.grad.view(shape[0] * shape[1], -1)
-    for part in chunks:
+    last.backward(grad[chunks[-1]])
+    del last
+    for part in chunks[:-1]:
         embed_chunk(part).backward(grad[part])
     return tuple(t.detach() for t in losses)
 
@@ -218,8 +218,7 @@ def optimise(
     restarts, n_sources = init.shape[0], sources.shape[0]
     sources = sources.detach().float()
     target = target.detach().to(device, torch.float32).reshape(-1)
-    size = settings.render_size or getattr(generator, "size", 0)
-    use_checkpoint = auto_checkpoint(size) if settings.checkpoint is None else settings.checkpoint
+    use_checkpoint = settings.checkpoint
     chunks = chunk_slices(restarts * n_sources, settings.batch_size)
     two_pass = len(chunks) > 1 if settings.two_pass is None else settings.two_pass
     loss_options = dict(

@@ -50,20 +50,19 @@ def sample_latents(generator, count: int, seed: int, purpose: str, truncation: f
     ``mapping(z, truncation)``, z drawn on the CPU from ``derive_seed(seed, purpose-i)``."""
     if count == 0:
         return torch.zeros(0, generator.n_latent, generator.style_dim)
-    z = torch.cat([
-        torch.randn(1, generator.style_dim, generator=torch.Generator().manual_seed(derive_seed(seed, f"{purpose}-{i}")))
-        for i in range(count)
-    ])
+    streams = [torch.Generator().manual_seed(derive_seed(seed, f"{purpose}-{i}")) for i in range(count)]
+    z = torch.cat([torch.randn(1, generator.style_dim, generator=stream) for stream in streams])
     device = generator.latent_avg.device
     w = generator.mapping(z.to(device), truncation=truncation).float().cpu()
     return w[:, None, :].expand(-1, generator.n_latent, -1).contiguous()
 
 
 def random_directions(generator, restarts: range, seed: int, truncation: float = TRUNCATION) -> Tensor:
-    """The reference's random start for each restart index: a truncated random latent."""
-    return torch.cat([sample_latents(generator, 1, seed, f"init-{k}", truncation) for k in restarts]) if restarts else (
-        torch.zeros(0, generator.n_latent, generator.style_dim)
-    )
+    """The reference's random start for each restart index: a truncated random latent
+    [len(restarts), n_latent, style_dim], restart k's from its own stream."""
+    if not restarts:
+        return torch.zeros(0, generator.n_latent, generator.style_dim)
+    return torch.cat([sample_latents(generator, 1, seed, f"init-{k}", truncation) for k in restarts])
 
 
 def _sha256(path: Path) -> str:
@@ -204,7 +203,8 @@ def resolve_sources(
             kind, details = "file", {"file": path.name, "sha256": _sha256(path)}
         else:
             raise EssencekitError(
-                f"--sources {spec}: no such file or folder (give a W+ latents file, a folder of face photos, or 'celebs')"
+                f"--sources {spec}: no such file or folder (give a W+ latents file, a folder of face photos, "
+                "or 'celebs')"
             )
     if pool.shape[0] < needed:
         raise EssencekitError(
@@ -213,4 +213,6 @@ def resolve_sources(
             "lower them or give more sources"
         )
     details["count"] = int(pool.shape[0])
-    return SourceSet(train=pool[:num_sources].clone(), held_out=pool[num_sources:needed].clone(), kind=kind, details=details)
+    return SourceSet(
+        train=pool[:num_sources].clone(), held_out=pool[num_sources:needed].clone(), kind=kind, details=details
+    )

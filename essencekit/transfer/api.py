@@ -1,0 +1,263 @@
+"""``essencekit.transfer`` and ``essencekit.invert``: the Python API of the two commands.
+
+:class:`Transferrer` holds the models (loaded on first use, once for any number of runs);
+:func:`transfer` and :func:`invert` are one-shot shortcuts. Both return a :class:`Run`, an
+iterable of :class:`~essencekit.transfer.pipeline.Result` (one per output file, skipped output
+or failed input); options are checked and existing outputs refused when the run is created,
+the work happens while it is iterated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from ..errors import EssencekitError
+from ..images import DEFAULT_MAX_PIXELS
+from .pipeline import OptionError, Pipeline, Result, Settings
+from .writing import FORMATS
+
+DEFAULT_OUTPUT = Path("essencekit-out")
+DEFAULT_LATENTS_OUTPUT = Path("essencekit-latents")
+FACES = ("largest", "all")
+PASTE = ("difference", "edited")
+
+TransferResult = InversionResult = Result
+
+
+class Run:
+    """The results of one run, produced while it is iterated (once); ``total`` is the number
+    of sources found, ``batch_size`` the faces per model pass."""
+
+    def __init__(self, pipeline: Pipeline, items: list):
+        self.pipeline = pipeline
+        self.items = items
+        self.total = len(items)
+        self.batch_size = pipeline.batch_size()
+        self._started = False
+
+    def __iter__(self) -> Iterator[Result]:
+        if self._started:
+            raise RuntimeError("a transfer run can be iterated only once; start another run")
+        self._started = True
+        return self.pipeline.run(self.items)
+
+    def __len__(self) -> int:
+        return self.total
+
+
+class Transferrer:
+    """The models of transfer and invert runs.
+
+    ``encoder``: an e4e checkpoint (path or artifact name, default ``e4e-ffhq``) or a loaded
+    :class:`~essencekit.models.e4e.E4E`. ``generator``: the generator that synthesises the
+    edits (path, artifact name or loaded model); by default the encoder's embedded decoder,
+    the generator e4e was trained to invert into. ``device``: a backend name, ``torch.device``
+    or :class:`~essencekit.backends.Backend`. ``aligner``: a face aligner name (default: dlib
+    when installed). ``notify`` receives one-line notices.
+    """
+
+    def __init__(self, *, encoder=None, generator=None, device=None, aligner=None,
+                 notify: Callable[[str], None] | None = None):
+        from ..backends import resolve_backend
+
+        self.backend = resolve_backend(device)
+        self.notify = notify or (lambda message: None)
+        self._encoder_spec = encoder
+        self._generator_spec = generator
+        self._aligner_spec = aligner
+        self._encoder = None
+        self._generator = None
+        self._aligner = None
+        self.encoder_label = ""
+        self.encoder_sha256: str | None = None
+        self.generator_label = ""
+
+    # -- models ---------------------------------------------------------------------------------
+
+    @property
+    def encoder(self):
+        """The e4e model, loaded (and its file fingerprinted for the W+ cache) on first use."""
+        if self._encoder is None:
+            spec = self._encoder_spec
+            if isinstance(spec, torch.nn.Module):
+                model, self.encoder_label, self.encoder_sha256 = spec, "in-memory encoder", None
+            else:
+                from ..extract.api import _weights_identity
+                from ..models.e4e import load_encoder_checkpoint
+
+                path, self.encoder_label, self.encoder_sha256 = _weights_identity(spec, "e4e-ffhq")
+                model = load_encoder_checkpoint(path)
+            self._encoder = self.backend.prepare(model)
+            self._check_pair()
+        return self._encoder
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            spec = self._generator_spec
+            if spec is None:
+                self._generator = self.encoder.generator
+                self.generator_label = f"{self.encoder_label} (embedded decoder)"
+            elif isinstance(spec, torch.nn.Module):
+                self._generator = self.backend.prepare(spec)
+                self.generator_label = getattr(spec, "name", "") or "in-memory generator"
+            else:
+                from ..api import resolve_weights
+                from ..models.stylegan2 import load_generator_checkpoint
+
+                path = resolve_weights(spec, "stylegan2-ffhq")
+                if not path.is_file():
+                    raise EssencekitError(f"--generator {spec}: no such file or registered artifact")
+                self._generator = self.backend.prepare(load_generator_checkpoint(path))
+                self.generator_label = str(spec) if not Path(str(spec)).exists() else path.name
+            self._check_pair()
+        return self._generator
+
+    def _check_pair(self) -> None:
+        if self._encoder is None or self._generator is None:
+            return
+        e4e, generator = self._encoder, self._generator
+        if (e4e.n_latent, e4e.style_dim) != (generator.n_latent, generator.style_dim):
+            raise EssencekitError(
+                f"the encoder ({self.encoder_label}) makes [{e4e.n_latent}, {e4e.style_dim}] W+ codes but the "
+                f"generator ({self.generator_label}) takes [{generator.n_latent}, {generator.style_dim}]: use the "
+                "generator the encoder was trained with (the default: its embedded decoder)"
+            )
+
+    @property
+    def aligner(self):
+        if self._aligner is None:
+            from ..faces import get_aligner
+
+            self._aligner = get_aligner(self._aligner_spec)
+        return self._aligner
+
+    @property
+    def aligner_name(self) -> str:
+        return self.aligner.name
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def transfer(
+        self, inputs, essence, strength=None, *, output: str | os.PathLike | None = None, layers: str | None = None,
+        faces: str = "largest", align: bool = True, crops: bool = False, paste: str = "difference",
+        recursive: bool = False, format: str = "png", quality: int | None = None, overwrite: bool = False,
+        skip_existing: bool = False, grid: bool = False, batch_size: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS, cache: bool = True, workers: int | None = None,
+    ) -> Run:
+        """Apply ``essence`` to the faces of ``inputs``; see :func:`transfer`."""
+        from .essences import EssenceMix, parse_strengths
+        from .layers import parse_layers
+
+        _check_choice("faces", faces, FACES)
+        _check_choice("paste", paste, PASTE)
+        _check_choice("format", format, tuple(FORMATS))
+        if quality is not None and not 1 <= int(quality) <= 100:
+            raise OptionError(f"--quality must be from 1 to 100, got {quality}")
+        try:
+            strengths = parse_strengths(strength)
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+        mix = EssenceMix(essence)
+        generator = self.generator
+        mix.check(generator.n_latent, generator.style_dim, self.generator_label)
+        try:
+            rows = None if layers is None else parse_layers(layers, generator.n_latent)
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+        settings = self._settings(
+            "transfer", output, faces=faces, align=align, crops=crops, paste=paste, fmt=format, quality=quality,
+            overwrite=overwrite, skip_existing=skip_existing, grid=grid, batch_size=batch_size,
+            max_pixels=max_pixels, cache=cache, workers=workers, strengths=strengths, rows=rows,
+        )
+        return self._run(settings, inputs, recursive, mix)
+
+    def invert(
+        self, inputs, *, output: str | os.PathLike | None = None, faces: str = "largest", align: bool = True,
+        recursive: bool = False, overwrite: bool = False, skip_existing: bool = False, batch_size: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS, cache: bool = True, workers: int | None = None,
+    ) -> Run:
+        """Invert the faces of ``inputs`` to W+; see :func:`invert`."""
+        _check_choice("faces", faces, FACES)
+        settings = self._settings(
+            "invert", output, faces=faces, align=align, overwrite=overwrite, skip_existing=skip_existing,
+            batch_size=batch_size, max_pixels=max_pixels, cache=cache, workers=workers,
+        )
+        return self._run(settings, inputs, recursive, None)
+
+    @staticmethod
+    def _settings(mode: str, output, **options) -> Settings:
+        if options.get("overwrite") and options.get("skip_existing"):
+            raise OptionError("--overwrite and --skip-existing exclude each other")
+        batch_size = options.get("batch_size")
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+            raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+        max_pixels = options.get("max_pixels")
+        if max_pixels is not None and int(max_pixels) <= 0:
+            options["max_pixels"] = None
+        return Settings(mode=mode, output=Path(output) if output is not None else None, **options)
+
+    def _run(self, settings: Settings, inputs, recursive: bool, mix) -> Run:
+        from .inputs import discover
+
+        sources = discover(inputs, recursive=recursive, exclude=settings.output)
+        if not sources:
+            raise EssencekitError(
+                "no photos or W+ latent files found in the given sources"
+                + ("" if recursive else " (add --recursive to look into sub-folders)")
+            )
+        pipeline = Pipeline(self, settings, mix, notify=self.notify)
+        items = pipeline.start(sources)
+        return Run(pipeline, items)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise OptionError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, device=None, aligner=None,
+             notify: Callable[[str], None] | None = None, **options) -> Run:
+    """Apply an essence to every face in ``inputs`` and give back whole photos.
+
+    ``inputs``: photo files, folders (``recursive=True`` for sub-folders), glob patterns, W+
+    latent files (``essencekit invert``'s, ``.npy``/``.pt`` arrays); one path or a list.
+    ``essence``: ``"NAME_OR_PATH[@WEIGHT]"``, an :class:`~essencekit.essence.Essence`, an
+    ``(essence, weight)`` pair, or a list of them (they add up). ``strength``: a number, a
+    list (a sweep) or ``"0.5,1,1.5"``; ``None`` applies each essence at its recommended
+    strength.
+
+    Options: ``output`` (a folder; ``None`` writes nothing and each result carries its PIL
+    ``image``), ``layers`` (``"coarse"``, ``"medium"``, ``"fine"``, ``"0-7"``, ``"4,5,6"``),
+    ``faces`` (``"largest"`` or ``"all"``), ``align`` (False: the inputs are aligned crops),
+    ``crops`` (write the edited crops instead of whole photos), ``paste``
+    (``"difference"``, the default, or ``"edited"``), ``format`` (``png``, ``jpg``, ``webp``),
+    ``quality``, ``overwrite``, ``skip_existing``, ``grid``, ``batch_size``, ``max_pixels``,
+    ``cache`` (the W+ cache), ``workers`` (background threads; default: none on the CPU).
+    Models: see :class:`Transferrer`.
+
+    Returns a :class:`Run`: iterate it to do the work; each item is a
+    :class:`~essencekit.transfer.pipeline.Result`. Bad inputs are failed results, not
+    exceptions; options that cannot work raise ``ValueError``, missing weights and existing
+    outputs :class:`~essencekit.errors.EssencekitError`, before any work.
+    """
+    models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner, notify=notify)
+    return models.transfer(inputs, essence, strength, **options)
+
+
+def invert(inputs, *, encoder=None, device=None, aligner=None, notify: Callable[[str], None] | None = None,
+           **options) -> Run:
+    """Invert every face in ``inputs`` into W+ with e4e.
+
+    Options as :func:`transfer` (``output``, ``faces``, ``align``, ``recursive``,
+    ``overwrite``, ``skip_existing``, ``batch_size``, ``max_pixels``, ``cache``, ``workers``).
+    With an ``output`` folder, one safetensors file per face (tensor ``w_plus``
+    [n_latent, style_dim] and metadata: source file and sha256, face index, crop quad); each
+    result carries ``w_plus`` and the crop ``transform`` either way.
+    """
+    models = Transferrer(encoder=encoder, device=device, aligner=aligner, notify=notify)
+    return models.invert(inputs, **options)
