@@ -1,7 +1,9 @@
 """essencekit: image-based CLIP-guided essence transfer (TargetCLIP) on StyleGAN2.
 
-The public API: :func:`extract` (an essence by optimisation), :func:`load_essence`,
-:func:`load_generator`, :func:`load_encoder`, :func:`load_clip`, the
+The public API: :func:`extract` (an essence by optimisation), :func:`transfer`,
+:func:`evaluate` (the paper's measures), :func:`load_essence`,
+:func:`load_generator`, :func:`load_encoder`, :func:`load_clip`,
+:func:`load_identity_model`, the
 objects plugins register (:class:`Backend`, :class:`ClipVariant`, :class:`WeightArtifact`,
 :class:`Aligner`) and the :data:`hookimpl` marker for plugin authors.
 """
@@ -31,10 +33,12 @@ __all__ = [
     "hookimpl",
     "invert",
     "transfer",
+    "evaluate",
     "load_clip",
     "load_encoder",
     "load_essence",
     "load_generator",
+    "load_identity_model",
     "select_backend",
 ]
 
@@ -45,7 +49,9 @@ _LAZY = {
     "load_clip": ("essencekit.api", "load_clip"),
     "load_encoder": ("essencekit.api", "load_encoder"),
     "load_generator": ("essencekit.api", "load_generator"),
+    "load_identity_model": ("essencekit.api", "load_identity_model"),
     "transfer": ("essencekit.transfer.api", "transfer"),
+    "evaluate": ("essencekit.evaluation.api", "evaluate"),
     "invert": ("essencekit.transfer.api", "invert"),
 }
 

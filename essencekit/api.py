@@ -11,6 +11,7 @@ from .backends import Backend, resolve_backend
 
 DEFAULT_GENERATOR = "stylegan2-ffhq"
 DEFAULT_ENCODER = "e4e-ffhq"
+DEFAULT_IDENTITY = "arcface-ir-se50"
 
 DeviceLike = str | torch.device | Backend | None
 
@@ -57,6 +58,21 @@ def load_encoder(path: str | os.PathLike | None = None, device: DeviceLike = Non
     backend = resolve_backend(device)
     encoder = load_encoder_checkpoint(resolve_weights(path, DEFAULT_ENCODER))
     return backend.prepare(encoder)
+
+
+def load_identity_model(path: str | os.PathLike | None = None, device: DeviceLike = None):
+    """Load the ArcFace IR-SE identity model (``model_ir_se50.pth``) onto a backend.
+
+    ``path`` is a state-dict file or an artifact name (default ``arcface-ir-se50``). Returns a
+    frozen, eval-mode :class:`essencekit.models.arcface.ArcFaceIRSE`: ``embed(images)`` maps
+    aligned faces [B, 3, S, S] in [-1, 1] to unit embeddings [B, 512] through the evaluation's
+    crop; identity similarity is the dot product of two embeddings.
+    """
+    from .models.arcface import load_identity_checkpoint
+
+    backend = resolve_backend(device)
+    model = load_identity_checkpoint(resolve_weights(path, DEFAULT_IDENTITY))
+    return backend.prepare(model)
 
 
 def load_clip(name: str = "ViT-B/32", device: DeviceLike = None, **options):

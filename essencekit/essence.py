@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .checkpoints import load_checkpoint
+from .checkpoints import is_safetensors_file, load_checkpoint
 from .errors import EssencekitError
 
 FORMAT_VERSION = "1"
@@ -152,11 +152,7 @@ def _sniff(path: Path) -> str:
         head = handle.read(16)
     if head.startswith(_NPY_MAGIC):
         return "npy"
-    if len(head) >= 9:
-        header_len = int.from_bytes(head[:8], "little")
-        if 0 < header_len < 100_000_000 and head[8:9] == b"{":
-            return "safetensors"
-    return "pt"
+    return "safetensors" if is_safetensors_file(path) else "pt"
 
 
 def load_essence(path: str | os.PathLike) -> Essence:

@@ -83,3 +83,57 @@ def test_command_example_runs(register_plugin, capsys):
         main(["backends-available"])
     assert exit_.value.code == 0
     assert "cpu" in capsys.readouterr().out.split()
+
+
+# --------------------------------------------------------------------------- task-oriented pages
+
+GUIDES = ("guide.md", "variants.md", "essence-format.md", "plugin-guide.md")
+
+
+def _blocks(page: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
+
+
+def test_essence_format_example_runs(tmp_path, monkeypatch, capsys):
+    (code,) = _blocks("essence-format.md", "python")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/essence-format.md", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[0] == "0.75"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npy", "mine.pt", "mine.safetensors"]
+
+
+def test_plugin_guide_test_passes_on_the_example_plugin(monkeypatch):
+    (code,) = [block for block in _blocks("plugin-guide.md", "python") if "def test_" in block]
+    monkeypatch.syspath_prepend(str(DOCS / "example-plugin"))
+    monkeypatch.setenv("ESSENCEKIT_LOAD_PLUGINS", "")
+    namespace: dict = {}
+    exec(compile(code, "docs/plugin-guide.md", "exec"), namespace)
+    plugins.reset()
+    namespace["test_registers_the_variant_and_its_weights"]()
+
+
+def test_guide_commands_use_real_commands_and_options():
+    """Every `essencekit CMD --option` in the guides' shell blocks exists."""
+    import shlex
+
+    import typer
+
+    from essencekit.cli import build_app
+
+    commands = typer.main.get_command(build_app()).commands
+    checked = 0
+    for page in GUIDES:
+        for block in _blocks(page, "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #", 1)[0].split("|", 1)[0]
+                words = shlex.split(line)
+                if "essencekit" not in words:
+                    continue
+                name, *args = words[words.index("essencekit") + 1:]
+                assert name in commands, f"docs/{page}: no command `essencekit {name}`"
+                known = {opt for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
+                for arg in args:
+                    if arg.startswith("-") and not re.fullmatch(r"-[\d.,]+", arg):
+                        assert arg.split("=", 1)[0] in known, f"docs/{page}: `essencekit {name}` has no {arg}"
+                checked += 1
+    assert checked >= 20

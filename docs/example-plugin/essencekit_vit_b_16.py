@@ -26,6 +26,25 @@ def register_weights(register):
             license="MIT (OpenAI CLIP, github.com/openai/CLIP)",
             description="OpenAI CLIP ViT-B/16 (converted to safetensors on download)",
             group="clip-extra",
+            # OpenAI's file is a TorchScript archive: convert it once to a safe form
+            convert="clip-torchscript",
+            # tried when OpenAI's URL fails: the same weights as open_clip safetensors
+            fallback="clip-vit-b-16-hf",
+        )
+    )
+    register(
+        essencekit.WeightArtifact(
+            name="clip-vit-b-16-hf",
+            kind="clip",
+            filename="vit_base_patch16_clip_224.openai.safetensors",
+            urls=("https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/"
+                  "open_clip_model.safetensors",),
+            sha256=None,  # not pinned: trusted on first use
+            size=None,
+            license="MIT (OpenAI CLIP, via huggingface.co/timm/vit_base_patch16_clip_224.openai)",
+            description="OpenAI CLIP ViT-B/16 as open_clip safetensors; clip-vit-b-16's fallback",
+            group="clip-extra",
+            convert="open-clip-safetensors",
         )
     )
 

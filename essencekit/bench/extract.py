@@ -27,15 +27,15 @@ Run ``python benchmarks/extract.py --help`` (or ``python -m essencekit.bench.ext
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from . import measure
+from .report import add_common_arguments, command_line, fmt, gib_cell, int_list, markdown, names, options, peak_label
+from .report import ratio, text_renderer
 
 MODULE = "essencekit.bench.extract"
 LOOPS = ("reference", "essencekit")
@@ -162,13 +162,11 @@ def run_case(spec: dict) -> dict:
             chunks=math.ceil(count * restarts / batch), checkpoint=checkpoint,
         )
     wall = time.perf_counter() - started
-    peak_device = backend.peak_memory() if backend.device.type != "cpu" else None
     timed = times[1:] if len(times) > 1 else times
     record.update(
         loop=spec["loop"], size=generator.size, sources=count, restarts=restarts, steps=len(times),
         step_times_s=times, median_step_s=measure.median(timed), wall_s=wall, rss_models_bytes=rss_models,
-        peak_bytes=peak_device if peak_device is not None else measure.peak_rss_bytes(),
-        peak_kind="device" if peak_device is not None else "rss", torch_threads=torch.get_num_threads(),
+        **measure.peak_memory(backend), torch_threads=torch.get_num_threads(),
     )
     if spec["loop"] == "reference":
         record["per_step_for_restarts_s"] = (
@@ -179,22 +177,13 @@ def run_case(spec: dict) -> dict:
     return record
 
 
-def _worker_main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    Path(spec["result_path"]).write_text(json.dumps(run_case(spec)))
-    return 0
-
-
 def subprocess_runner(timeout: float | None = None) -> Callable[[dict, str], dict]:
-    def run(spec: dict, workdir: str) -> dict:
-        return measure.run_worker(MODULE, spec, workdir, timeout=timeout)
-
-    return run
+    """Runs each case in a fresh ``python -m essencekit.bench.extract --worker`` process."""
+    return measure.worker_runner(MODULE, timeout)
 
 
-def in_process_runner(spec: dict, workdir: str) -> dict:
-    """For tests: the case in this process (its peak memory is then the process's)."""
-    return run_case(spec)
+# For tests: the case in this process (its peak memory is then the process's).
+in_process_runner = measure.in_process(run_case)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,41 +264,31 @@ def evaluate_goals(rows: Sequence[dict], device_type: str, size: int) -> list[di
     return goals
 
 
-def _fmt(value, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+COLUMNS = ("loop", "left"), ("N", "right"), ("K", "right"), ("s/step", "right"), ("chunk", "right")
 
 
 def markdown_table(report: dict) -> str:
-    peak = "peak device GiB" if any(r.get("peak_kind") == "device" for r in report["results"]) else "peak RSS GiB"
-    lines = [
-        f"| loop | N | K | s/step | chunk | {peak} | vs reference | first loss |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    columns = [*COLUMNS, (peak_label(report["results"]), "right"), ("vs reference", "right"), ("first loss", "right")]
+    rows = []
     for row in report["results"]:
+        first = [row["loop"], str(row["sources"]), str(row["restarts"])]
         if row.get("error"):
-            error = row["error"][:60]
-            lines.append(f"| {row['loop']} | {row['sources']} | {row['restarts']} | failed: {error} | | | | |")
+            rows.append(first + [f"failed: {row['error'][:60]}"])
             continue
-        per_step = row["per_step_for_restarts_s"]
         note = ""
         if row["loop"] == "reference" and row["restarts"] > 1:
             note = f" ({row['median_step_s']:.2f} x {row['restarts']})"
-        lines.append(
-            f"| {row['loop']} | {row['sources']} | {row['restarts']} | {per_step:.2f}{note} | "
-            f"{row.get('batch_size', row['sources'])} | {_fmt(measure.gib(row['peak_bytes']), '.2f')} | "
-            f"{_fmt(row.get('speedup_vs_reference'), '.2f', 'x')} | {row['first_loss']:.4f} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append(first + [
+            f"{row['per_step_for_restarts_s']:.2f}{note}", str(row.get("batch_size", row["sources"])),
+            gib_cell(row["peak_bytes"]), ratio(row.get("speedup_vs_reference")), fmt(row["first_loss"], ".4f"),
+        ])
+    return markdown(columns, rows)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+render = text_renderer(
+    "Essence extraction, {size} px, CLIP {clip}, random weights, {steps} steps per case (first = warm-up)",
+    markdown_table,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,64 +297,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Seconds per essence-extraction step and peak memory, essencekit's loop beside a "
         "reference-equivalent loop (random weights; each case in its own process).",
     )
-    parser.add_argument("--backend", help="compute backend (default: the best available)")
-    parser.add_argument("--size", type=int, help=f"generator size (default {DEFAULT_SIZE})")
-    parser.add_argument("--sources", type=_int_list, help="N values, comma-separated (default 4,8)")
-    parser.add_argument("--restarts", type=_int_list, help="K values, comma-separated (default 1)")
+    parser.add_argument("--sources", type=int_list, help="N values, comma-separated (default 4,8)")
+    parser.add_argument("--restarts", type=int_list, help="K values, comma-separated (default 1)")
     parser.add_argument("--steps", type=int, help=f"steps per case, the first a warm-up (default {DEFAULT_STEPS})")
-    parser.add_argument("--loops", default=",".join(LOOPS), help="reference,essencekit (default both)")
     parser.add_argument(
-        "--reference-sources", type=_int_list, metavar="N,...",
+        "--reference-sources", type=int_list, metavar="N,...",
         help="run the reference loop only for these N (default: all; it needs about 21 GiB at N = 4, 1024 px)",
     )
     parser.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP variant, random weights (default %(default)s)")
-    parser.add_argument("--max-channels", type=int, metavar="N", help="cap every feature width (smoke tests)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 256 px, 64 channels, N=2, K=1, 2 steps")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up on a case after this")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the table as Markdown")
-    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    add_common_arguments(parser, quick="256 px, 64 channels, N=2, K=1, 2 steps", size=DEFAULT_SIZE, loops=LOOPS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, runner: Callable[[dict, str], dict] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.worker:
-        return _worker_main(args.worker)
-    from rich.console import Console
 
-    out, err = Console(), Console(stderr=True, soft_wrap=True, highlight=False)
-    if not out.is_terminal:
-        out.width = 160  # files and pipes: keep the table's lines whole
-    loops = [part.strip() for part in args.loops.split(",") if part.strip()]
-    if not loops or any(loop not in LOOPS for loop in loops):
-        err.print(f"error: --loops takes {', '.join(LOOPS)}")
-        return 2
-    quick = QUICK if args.quick else {}
-    report = benchmark(
-        size=args.size or quick.get("size", DEFAULT_SIZE),
-        sources=args.sources or quick.get("sources", DEFAULT_SOURCES),
-        restarts=args.restarts or quick.get("restarts", DEFAULT_RESTARTS),
-        steps=args.steps or quick.get("steps", DEFAULT_STEPS), loops=loops, backend=args.backend,
-        clip=args.clip, max_channels=args.max_channels or quick.get("max_channels"), seed=args.seed,
-        runner=runner or subprocess_runner(args.timeout), progress=lambda message: err.print(message),
-        reference_sources=args.reference_sources,
-    )
-    for line in measure.describe_machine(report["machine"]):
-        out.print(line, highlight=False)
-    settings = report["settings"]
-    out.print(f"Essence extraction, {settings['size']} px, CLIP {settings['clip']}, random weights, "
-              f"{settings['steps']} steps per case (first = warm-up)", highlight=False)
-    out.print(markdown_table(report), highlight=False, markup=False)
-    for goal in report["goals"]:
-        out.print(f"Goal {goal['goal']}: {goal['value']:.2f} -> {'met' if goal['met'] else 'NOT met'}",
-                  highlight=False, markup=False)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(markdown_table(report))
-    return 1 if any(r.get("error") for r in report["results"]) else 0
+    def run(progress: Callable[[str], None]) -> dict:
+        return benchmark(
+            **options(args, QUICK, {"size": DEFAULT_SIZE, "sources": DEFAULT_SOURCES, "restarts": DEFAULT_RESTARTS,
+                                    "steps": DEFAULT_STEPS, "max_channels": None}),
+            loops=names(args.loops, LOOPS, "loop"), backend=args.backend, clip=args.clip, seed=args.seed,
+            reference_sources=args.reference_sources, runner=runner or subprocess_runner(args.timeout),
+            progress=progress,
+        )
+
+    return command_line(args, worker=run_case, run=run, render=render, markdown=markdown_table)
 
 
 if __name__ == "__main__":

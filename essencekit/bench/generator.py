@@ -11,6 +11,8 @@ essence extraction runs) on one backend, for these variants:
 * ``shared``: essencekit's ops with the shared-weight (non-grouped) modulated convolution,
 * ``shared+checkpoint``: as ``shared`` with ``checkpoint_blocks=True`` (forward + backward
   only: checkpointing changes nothing without gradients); ``grouped+checkpoint`` on request.
+* ``backend``: essencekit's ops with the backend's own modulated-convolution form (what
+  ``essencekit extract`` and ``transfer`` run; the form ``essencekit bench`` times), on request.
 
 Every variant runs in its own worker process (one per variant and operation, batches in
 increasing order), so that the peak memory of each figure is that configuration's own: the
@@ -31,7 +33,6 @@ Run ``python benchmarks/generator.py --help`` (or ``python -m essencekit.bench.g
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -42,6 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from . import measure
+from .report import (
+    SECTION, add_common_arguments, command_line, fmt, gib_cell, int_list, markdown, names, peak_label, print_lines,
+    print_machine, ratio, rich_table,
+)
 
 MODULE = "essencekit.bench.generator"
 OPS = ("forward", "fwd+bwd")
@@ -67,7 +72,7 @@ REFERENCE_PEAK_HINT_GIB = 21.1
 class Variant:
     name: str
     description: str
-    modulated_conv: str
+    modulated_conv: str | None  # None: the backend's own form
     reference_ops: bool = False
     checkpoint_blocks: bool = False
     ops: tuple[str, ...] = OPS
@@ -91,6 +96,7 @@ VARIANTS: dict[str, Variant] = {
             "grouped+checkpoint", "as grouped, checkpoint_blocks=True (recompute in backward)",
             "grouped", checkpoint_blocks=True, ops=("fwd+bwd",),
         ),
+        Variant("backend", "essencekit ops, the backend's own modulated conv (what extract and transfer run)", None),
     )
 }
 DEFAULT_VARIANTS = ("reference", "grouped", "shared", "shared+checkpoint")
@@ -132,7 +138,8 @@ def build_generator(config, variant: Variant, backend, seed: int = DEFAULT_SEED)
     model.eval().requires_grad_(False)
     # prepare() sets the backend's own modulated-conv form: the variant's wins afterwards
     model = backend.prepare(model)
-    model.set_modulated_conv(variant.modulated_conv)
+    if variant.modulated_conv is not None:
+        model.set_modulated_conv(variant.modulated_conv)
     model.checkpoint_blocks = variant.checkpoint_blocks
     return model
 
@@ -189,7 +196,6 @@ def measure_cases(spec: dict) -> dict:
     seed = int(spec.get("seed", DEFAULT_SEED))
     autocast = bool(spec.get("autocast", True))
     save_dir = spec.get("save_dir")
-    device_memory = backend.device.type != "cpu"
 
     model = build_generator(config, variant, backend, seed)
     rss_model = measure.current_rss_bytes()
@@ -208,18 +214,8 @@ def measure_cases(spec: dict) -> dict:
             step, repeats=int(spec.get("repeats", DEFAULT_REPEATS)),
             budget_s=spec.get("time_budget_s"), synchronize=backend.synchronize,
         )
-        peak_rss = measure.peak_rss_bytes()
-        peak_device = backend.peak_memory() if device_memory else None
-        record = {
-            "op": op,
-            "batch": batch,
-            "times_s": times,
-            "median_s": measure.median(times),
-            "peak_rss_bytes": peak_rss,
-            "peak_device_bytes": peak_device,
-            "peak_bytes": peak_device if device_memory and peak_device is not None else peak_rss,
-            "peak_kind": "device" if device_memory and peak_device is not None else "rss",
-        }
+        record = {"op": op, "batch": batch, "times_s": times, "median_s": measure.median(times),
+                  **measure.peak_memory(backend)}
         if keep and output is not None:
             path = Path(save_dir) / f"{config.size}-{variant.name}-{op}.pt"
             torch.save(output, path)
@@ -235,25 +231,13 @@ def measure_cases(spec: dict) -> dict:
     }
 
 
-def _worker_main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    result = measure_cases(spec)
-    Path(spec["result_path"]).write_text(json.dumps(result))
-    return 0
-
-
 def subprocess_runner(timeout: float | None = None) -> Callable[[dict, str], dict]:
     """Runs each worker in a fresh ``python -m essencekit.bench.generator --worker`` process."""
-
-    def run(spec: dict, workdir: str) -> dict:
-        return measure.run_worker(MODULE, spec, workdir, timeout=timeout)
-
-    return run
+    return measure.worker_runner(MODULE, timeout)
 
 
-def in_process_runner(spec: dict, workdir: str) -> dict:
-    """Runs each worker in this process (tests; peak memory is then this process's)."""
-    return measure_cases(spec)
+# Runs each worker in this process (tests; peak memory is then this process's).
+in_process_runner = measure.in_process(measure_cases)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,15 +452,6 @@ def _sorted_rows(report: dict) -> list[dict]:
     )
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
-
-
-def _peak_label(report: dict) -> str:
-    kinds = {r.get("peak_kind") for r in report["results"] if r.get("peak_kind")}
-    return "peak device GiB" if kinds == {"device"} else "peak RSS GiB" if kinds == {"rss"} else "peak GiB"
-
-
 def summary_lines(report: dict) -> list[str]:
     """The verdicts under the table: agreement, the modulated-conv recommendation, the goal."""
     lines = []
@@ -505,8 +480,8 @@ def summary_lines(report: dict) -> list[str]:
         )
         lines.extend(
             f"  {p['op']} {p['size']} px batch {p['batch']}: shared {p['shared_s']:.2f} s "
-            f"({_fmt(p['shared_peak_gib'], '.2f', ' GiB')}), grouped {p['grouped_s']:.2f} s "
-            f"({_fmt(p['grouped_peak_gib'], '.2f', ' GiB')})"
+            f"({fmt(p['shared_peak_gib'], '.2f', ' GiB')}), grouped {p['grouped_s']:.2f} s "
+            f"({fmt(p['grouped_peak_gib'], '.2f', ' GiB')})"
             for p in rec["pairs"]
         )
     goal = report.get("goal")
@@ -515,7 +490,7 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(
                 f"Goal (fwd+bwd, 1024 px, batch 4: >= {goal['min_speedup']:g}x the reference, "
                 f"< {goal['max_peak_gib']:g} GiB): {v['variant']} "
-                f"{_fmt(v['speedup_vs_reference'], '.2f', 'x')}, {_fmt(v['peak_gib'], '.2f', ' GiB')}: "
+                f"{ratio(v['speedup_vs_reference'])}, {fmt(v['peak_gib'], '.2f', ' GiB')}: "
                 + ("met" if v["met"] else "NOT met")
             )
     failed = [r for r in report["results"] if r.get("error")]
@@ -524,93 +499,68 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def _cells(row: dict, *, runs: bool) -> list[str]:
+    """One row's cells: size, variant, op, batch, [runs,] median s, images/s, peak, vs reference."""
+    first = [str(row["size"]), row["variant"], row["op"], str(row["batch"])]
+    if row.get("error"):
+        return first + (["-", "failed", "-", "-", "-"] if runs else ["failed"])
+    return first + ([str(row["runs"])] if runs else []) + [
+        fmt(row["median_s"], ".2f"), fmt(row["images_per_s"], ".3g"), gib_cell(row["peak_bytes"]),
+        ratio(row["speedup_vs_reference"]),
+    ]
+
+
+def _columns(report: dict, *, runs: bool) -> list[tuple[str, str]]:
+    return [
+        ("size", "right"), ("variant", "left"), ("op", "left"), ("batch", "right"),
+        *([("runs", "right")] if runs else []), ("median s", "right"), ("images/s", "right"),
+        (peak_label(report["results"]), "right"), ("vs reference", "right"),
+    ]
+
+
 def render(report: dict, console=None) -> None:
     """Print the machine, the table and the verdicts with Rich."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     settings = report["settings"]
-    for line in measure.describe_machine(report["machine"]):
-        console.print(line, highlight=False)
-    table = Table(
+    print_machine(report, console)
+    rows, previous = [], None
+    for row in _sorted_rows(report):
+        group = (row["size"], row["op"], row["batch"])
+        if group != previous:
+            rows.append(SECTION)
+        previous = group
+        rows.append(_cells(row, runs=True))
+    console.print(rich_table(
+        _columns(report, runs=True), rows,
         title=(
             f"StyleGAN2 generator, {'/'.join(map(str, settings['sizes']))} px, random weights, "
             f"W+ input, constant noise, {settings['precision']}, backend {report['machine']['backend']}"
         ),
-        title_justify="left",
-    )
-    for header, justify in (
-        ("size", "right"), ("variant", "left"), ("op", "left"), ("batch", "right"), ("runs", "right"),
-        ("median s", "right"), ("images/s", "right"), (_peak_label(report), "right"),
-        ("vs reference", "right"),
-    ):
-        table.add_column(header, justify=justify)
-    previous = None
-    for row in _sorted_rows(report):
-        group = (row["size"], row["op"], row["batch"])
-        if previous is not None and group != previous:
-            table.add_section()
-        previous = group
-        if row.get("error"):
-            cells = ["-", "failed", "-", "-", "-"]
-        else:
-            cells = [
-                str(row["runs"]), _fmt(row["median_s"], ".2f"), _fmt(row["images_per_s"], ".3g"),
-                _fmt(measure.gib(row["peak_bytes"]), ".2f"), _fmt(row["speedup_vs_reference"], ".2f", "x"),
-            ]
-        table.add_row(str(row["size"]), row["variant"], row["op"], str(row["batch"]), *cells)
-    console.print(table)
-    for line in summary_lines(report):
-        console.print(line, highlight=False, markup=False)
+    ))
     load = report["machine"].get("load_average_end")
-    console.print(
+    print_lines(console, [
+        *summary_lines(report),
         f"Total wall time {report['wall_s']:.0f} s"
         + (f"; load average at the end {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)" if load else "") + ".",
-        highlight=False,
-    )
+    ])
 
 
 def markdown_table(report: dict) -> str:
     """The results as a Markdown table (for docs/performance.md)."""
-    lines = [
-        f"| size | variant | op | batch | median s | images/s | {_peak_label(report)} | vs reference |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in _sorted_rows(report):
-        if row.get("error"):
-            lines.append(f"| {row['size']} | {row['variant']} | {row['op']} | {row['batch']} | failed | | | |")
-            continue
-        lines.append(
-            f"| {row['size']} | {row['variant']} | {row['op']} | {row['batch']} | {row['median_s']:.2f} | "
-            f"{row['images_per_s']:.3g} | {_fmt(measure.gib(row['peak_bytes']), '.2f')} | "
-            f"{_fmt(row['speedup_vs_reference'], '.2f', 'x')} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown(_columns(report, runs=False), (_cells(row, runs=False) for row in _sorted_rows(report)))
 
 
 # --------------------------------------------------------------------------------------------
 # Command line
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _variant_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}"
-        )
-    return names
+    try:
+        return names(text, VARIANTS, "variant")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -622,9 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
             "process; print times, speed-ups, peak memory and the faster modulated convolution."
         ),
     )
-    parser.add_argument("--backend", help="compute backend (default: $ESSENCEKIT_BACKEND or the best available)")
-    parser.add_argument("--sizes", type=_int_list, help=f"image sizes, comma-separated (default {DEFAULT_SIZE})")
-    parser.add_argument("--batches", type=_int_list, help="batch sizes, comma-separated (default 1,4)")
+    parser.add_argument("--sizes", type=int_list, help=f"image sizes, comma-separated (default {DEFAULT_SIZE})")
+    parser.add_argument("--batches", type=int_list, help="batch sizes, comma-separated (default 1,4)")
     parser.add_argument(
         "--repeats", type=int, help=f"timed runs per case at most; the median is reported (default {DEFAULT_REPEATS})"
     )
@@ -637,72 +586,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants", type=_variant_list, default=list(DEFAULT_VARIANTS),
         help=f"comma-separated, from {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the table as Markdown to this file")
-    parser.add_argument(
-        "--quick", action="store_true",
-        help=f"a short smoke run: size {QUICK_SIZE}, batch 1, 1 repeat (unless given explicitly), no warm-up",
-    )
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up run")
     parser.add_argument("--fp32", action="store_true", help="no autocast on backends that use reduced precision")
-    parser.add_argument("--max-channels", type=int, metavar="N", help="cap every feature width (smoke tests)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the random weights and W+")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up on a worker process after this")
-    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    add_common_arguments(
+        parser, quick=f"size {QUICK_SIZE}, batch 1, 1 repeat (unless given explicitly), no warm-up"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, runner: Callable[[dict, str], dict] | None = None) -> int:
     """The command line; returns the exit status (1 when a case failed)."""
     args = build_parser().parse_args(argv)
-    if args.worker:
-        return _worker_main(args.worker)
 
-    from rich.console import Console
-
-    from ..errors import EssencekitError
-
-    out, err = Console(), Console(stderr=True, soft_wrap=True, highlight=False)
-    if not out.is_terminal:
-        out.width = 160  # files and pipes: keep the table's columns unwrapped
-    sizes = args.sizes or [QUICK_SIZE if args.quick else DEFAULT_SIZE]
-    batches = args.batches or ([1] if args.quick else list(DEFAULT_BATCHES))
-    repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
-    warmup = args.warmup and not args.quick
-    try:
+    def run(progress: Callable[[str], None]) -> dict:
+        sizes = args.sizes or [QUICK_SIZE if args.quick else DEFAULT_SIZE]
+        batches = args.batches or ([1] if args.quick else list(DEFAULT_BATCHES))
         configs = [ffhq_config(size, max_channels=args.max_channels) for size in sizes]
-    except ValueError as error:
-        err.print(f"error: {error}")
-        return 2
-    available = measure.gib(measure.available_memory_bytes())
-    if (
-        "reference" in args.variants and max(sizes) >= 1024 and max(batches) >= 4
-        and available is not None and available < REFERENCE_PEAK_HINT_GIB + 1
-        and args.backend in (None, "cpu") and args.max_channels is None
-    ):
-        err.print(
-            f"warning: the reference form needs about {REFERENCE_PEAK_HINT_GIB:g} GiB for fwd+bwd at 1024 px, "
-            f"batch 4 on the CPU; {available:.1f} GiB is available, so that worker may be killed "
-            "(use --batches 1, or leave it out with --variants)"
+        available = measure.gib(measure.available_memory_bytes())
+        if (
+            "reference" in args.variants and max(sizes) >= 1024 and max(batches) >= 4
+            and available is not None and available < REFERENCE_PEAK_HINT_GIB + 1
+            and args.backend in (None, "cpu") and args.max_channels is None
+        ):
+            progress(
+                f"warning: the reference form needs about {REFERENCE_PEAK_HINT_GIB:g} GiB for fwd+bwd at 1024 px, "
+                f"batch 4 on the CPU; {available:.1f} GiB is available, so that worker may be killed "
+                "(use --batches 1, or leave it out with --variants)"
+            )
+        return benchmark(
+            configs, args.variants, batches, backend=args.backend,
+            repeats=args.repeats or (1 if args.quick else DEFAULT_REPEATS),
+            time_budget_s=args.time_budget or None, warmup=args.warmup and not args.quick,
+            autocast=not args.fp32, seed=args.seed, runner=runner or subprocess_runner(args.timeout),
+            progress=progress,
         )
-    try:
-        report = benchmark(
-            configs, args.variants, batches, backend=args.backend, repeats=repeats,
-            time_budget_s=args.time_budget or None, warmup=warmup, autocast=not args.fp32,
-            seed=args.seed, runner=runner or subprocess_runner(args.timeout),
-            progress=lambda message: err.print(message),
-        )
-    except EssencekitError as error:
-        err.print(f"error: {error}")
-        return 2
-    render(report, out)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        err.print(f"figures written to {args.json}")
-    if args.markdown:
-        args.markdown.write_text(markdown_table(report))
-        err.print(f"Markdown table written to {args.markdown}")
-    return 1 if any(r.get("error") for r in report["results"]) else 0
+
+    return command_line(args, worker=measure_cases, run=run, render=render, markdown=markdown_table)
 
 
 if __name__ == "__main__":

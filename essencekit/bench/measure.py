@@ -1,5 +1,5 @@
 """Small measuring helpers shared by the benchmarks: timing, peak memory, worker processes,
-and a description of the machine.
+and a description of the machine (presenting the figures is :mod:`essencekit.bench.report`'s).
 
 Peak memory on the CPU is the process's peak resident set size (``ru_maxrss``): it cannot be
 reset, so a benchmark that wants one figure per configuration runs each configuration in its
@@ -44,6 +44,20 @@ def current_rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(backend) -> dict:
+    """This process's peak so far: ``peak_bytes`` is the backend's peak device memory where it
+    reports one (CUDA: ``max_memory_allocated`` since the last ``reset_peak_memory``), else the
+    peak RSS; ``peak_kind`` says which (``"device"`` or ``"rss"``). Both raw figures come too."""
+    rss = peak_rss_bytes()
+    device = backend.peak_memory() if backend.device.type != "cpu" else None
+    return {
+        "peak_rss_bytes": rss,
+        "peak_device_bytes": device,
+        "peak_bytes": device if device is not None else rss,
+        "peak_kind": "device" if device is not None else "rss",
+    }
 
 
 def median(values: Sequence[float]) -> float | None:
@@ -129,6 +143,31 @@ def run_worker(
         result_path.unlink(missing_ok=True)
 
 
+def worker_runner(module: str, timeout: float | None = None) -> Callable[[dict, str], dict]:
+    """A runner that runs each spec in a fresh ``python -m module --worker`` process."""
+
+    def run(spec: dict, workdir: str) -> dict:
+        return run_worker(module, spec, workdir, timeout=timeout)
+
+    return run
+
+
+def in_process(run_case: Callable[[dict], dict]) -> Callable[[dict, str], dict]:
+    """A runner that runs each spec in this process (tests; peak memory is then this process's)."""
+
+    def run(spec: dict, workdir: str) -> dict:
+        return run_case(spec)
+
+    return run
+
+
+def worker_main(spec_path: str | os.PathLike, run_case: Callable[[dict], dict]) -> int:
+    """The ``--worker SPEC`` entry of a benchmark module: run the spec, write its result."""
+    spec = json.loads(Path(spec_path).read_text())
+    Path(spec["result_path"]).write_text(json.dumps(run_case(spec)))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # The machine
 
@@ -179,6 +218,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def gpu_names() -> list[str]:
+    """The GPUs torch can use here, by name (CUDA devices; Apple's GPU as ``mps``)."""
+    import torch
+
+    names = []
+    try:
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except RuntimeError:
+        pass
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("Apple GPU (mps)")
+    return names
+
+
 def machine_info(backend=None) -> dict:
     """What the figures were measured on: CPU, cores, memory, load, torch, backend and device."""
     import torch
@@ -200,6 +255,7 @@ def machine_info(backend=None) -> dict:
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "gpus": gpu_names(),
     }
     if backend is not None:
         device = backend.device
@@ -235,6 +291,8 @@ def describe_machine(info: dict) -> list[str]:
         + (f"; load average {load[0]:.2f}" if load else ""),
         f"Software: torch {info['torch']}, Python {info['python']}, {info['os']}",
     ]
+    if info.get("gpus"):
+        lines.append(f"GPU: {', '.join(info['gpus'])}")
     if "backend" in info:
         device = info.get("device_name", info["device"])
         if "device_memory_bytes" in info:

@@ -26,7 +26,6 @@ Run ``python benchmarks/transfer.py --help`` (or ``python -m essencekit.bench.tr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import measure
+from .report import add_common_arguments, command_line, gib_cell, markdown, names, options, peak_label, ratio
+from .report import text_renderer
 
 MODULE = "essencekit.bench.transfer"
 LOOPS = ("reference", "single", "batched")
@@ -151,7 +152,9 @@ def _pipeline_loop(e4e, direction, photos: list[Path], out: Path, backend, batch
 
 def run_case(spec: dict) -> dict:
     """Run one loop in this process: ``loop``, ``size``, ``max_channels``, ``photos`` (paths),
-    ``warmup`` (how many of them warm up), ``backend``, ``seed``, ``workdir``."""
+    ``warmup`` (how many of them warm up), ``backend``, ``seed``, ``workdir``, and optionally
+    ``batch_size`` and ``repeats`` (timed passes over the photos, default 1: ``seconds`` is
+    their median, ``times_s`` all of them)."""
     import torch
 
     from ..backends import select_backend
@@ -179,35 +182,24 @@ def run_case(spec: dict) -> dict:
         once(warm)
     backend.synchronize()
     backend.reset_peak_memory()
-    start = time.perf_counter()
-    once(timed)
-    backend.synchronize()
-    seconds = time.perf_counter() - start
-    peak_device = backend.peak_memory() if backend.device.type != "cpu" else None
+    times, _ = measure.time_repeats(
+        lambda: once(timed), repeats=int(spec.get("repeats", 1)), synchronize=backend.synchronize
+    )
+    seconds = measure.median(times)
     return {
-        "loop": loop, "size": spec["size"], "images": len(timed), "seconds": seconds,
+        "loop": loop, "size": spec["size"], "images": len(timed), "seconds": seconds, "times_s": times,
         "images_per_s": len(timed) / seconds, "batch_size": batch_size, "rss_models_bytes": rss_models,
-        "peak_bytes": peak_device if peak_device is not None else measure.peak_rss_bytes(),
-        "peak_kind": "device" if peak_device is not None else "rss", "torch_threads": torch.get_num_threads(),
+        **measure.peak_memory(backend), "torch_threads": torch.get_num_threads(),
     }
 
 
-def _worker_main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    Path(spec["result_path"]).write_text(json.dumps(run_case(spec)))
-    return 0
-
-
 def subprocess_runner(timeout: float | None = None) -> Callable[[dict, str], dict]:
-    def run(spec: dict, workdir: str) -> dict:
-        return measure.run_worker(MODULE, spec, workdir, timeout=timeout)
-
-    return run
+    """Runs each loop in a fresh ``python -m essencekit.bench.transfer --worker`` process."""
+    return measure.worker_runner(MODULE, timeout)
 
 
-def in_process_runner(spec: dict, workdir: str) -> dict:
-    """For tests: the loop in this process (its peak memory is then the process's)."""
-    return run_case(spec)
+# For tests: the loop in this process (its peak memory is then the process's).
+in_process_runner = measure.in_process(run_case)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +220,18 @@ def write_photos(folder: Path, count: int, size: int, seed: int) -> list[Path]:
     return paths
 
 
+def prepare_photos(
+    folder: Path, images: int, *, size: int, max_channels: int | None, seed: int, batch_size: int | None,
+    device_type: str,
+) -> tuple[int, list[Path]]:
+    """(warm-up count, photos): one full batch to warm up (the given ``batch_size``, else 1 on the
+    CPU and 32 elsewhere) then ``images`` to time, written to ``folder``; 1024 px crops for the
+    full-size models, ``size`` px for the capped smoke-test ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    warmup = batch_size or (1 if device_type == "cpu" else 32)
+    return warmup, write_photos(folder, warmup + images, 1024 if max_channels is None else size, seed)
+
+
 def benchmark(
     *, size: int = DEFAULT_SIZE, images: int = DEFAULT_IMAGES, loops: Sequence[str] = LOOPS, backend: str | None = None,
     max_channels: int | None = None, seed: int = DEFAULT_SEED, batch_size: int | None = None,
@@ -245,10 +249,10 @@ def benchmark(
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="essencekit-bench-transfer-") as workdir:
-        photo_dir = Path(workdir) / "photos"
-        photo_dir.mkdir()
-        warmup = batch_size or (1 if chosen.device.type == "cpu" else 32)
-        photos = write_photos(photo_dir, warmup + images, 1024 if max_channels is None else size, seed)
+        warmup, photos = prepare_photos(
+            Path(workdir) / "photos", images, size=size, max_channels=max_channels, seed=seed,
+            batch_size=batch_size, device_type=chosen.device.type,
+        )
         for index, loop in enumerate(loops, 1):
             count = images if loop != "reference" or reference_images is None else min(images, reference_images)
             warm = 1 if loop != "batched" else warmup
@@ -302,26 +306,27 @@ def evaluate_goals(rows: Sequence[dict], machine: dict, size: int, max_channels:
     return goals
 
 
-def _fmt(value, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
-
-
 def markdown_table(report: dict) -> str:
-    peak = "peak device GiB" if any(r.get("peak_kind") == "device" for r in report["results"]) else "peak RSS GiB"
-    lines = [
-        f"| loop | images | batch | images/s | s/image | {peak} | vs reference | vs single |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    columns = [
+        ("loop", "left"), ("images", "right"), ("batch", "right"), ("images/s", "right"), ("s/image", "right"),
+        (peak_label(report["results"]), "right"), ("vs reference", "right"), ("vs single", "right"),
     ]
+    rows = []
     for row in report["results"]:
         if row.get("error"):
-            lines.append(f"| {row['loop']} | failed: {row['error'][:60]} | | | | | | |")
+            rows.append([row["loop"], f"failed: {row['error'][:60]}"])
             continue
-        lines.append(
-            f"| {row['loop']} | {row['images']} | {row['batch_size']} | {row['images_per_s']:.3f} | "
-            f"{1 / row['images_per_s']:.2f} | {_fmt(measure.gib(row['peak_bytes']), '.2f')} | "
-            f"{_fmt(row.get('vs_reference'), '.2f', 'x')} | {_fmt(row.get('vs_single'), '.2f', 'x')} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([
+            row["loop"], str(row["images"]), str(row["batch_size"]), f"{row['images_per_s']:.3f}",
+            f"{1 / row['images_per_s']:.2f}", gib_cell(row["peak_bytes"]), ratio(row.get("vs_reference")),
+            ratio(row.get("vs_single")),
+        ])
+    return markdown(columns, rows)
+
+
+render = text_renderer(
+    "Essence transfer, {size} px, random weights, {input}: inversion + synthesis + PNG write", markdown_table
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,56 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
         "essencekit's batched pipeline, its one-at-a-time loop and the reference per-image path (random weights; "
         "each loop in its own process).",
     )
-    parser.add_argument("--backend", help="compute backend (default: the best available)")
-    parser.add_argument("--size", type=int, help=f"generator size (default {DEFAULT_SIZE})")
     parser.add_argument("--images", type=int, help=f"timed images per loop (default {DEFAULT_IMAGES})")
     parser.add_argument("--reference-images", type=int, metavar="N", help="time the reference on at most N images")
-    parser.add_argument("--loops", default=",".join(LOOPS), help="reference,single,batched (default all)")
     parser.add_argument("--batch-size", type=int, help="the batched loop's batch size (default: automatic)")
-    parser.add_argument("--max-channels", type=int, metavar="N", help="cap every feature width (smoke tests)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 64 px, 16 channels, 4 images")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="give up on a loop after this")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to this JSON file")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the table as Markdown")
-    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    add_common_arguments(parser, quick="64 px, 16 channels, 4 images", size=DEFAULT_SIZE, loops=LOOPS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, runner: Callable[[dict, str], dict] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.worker:
-        return _worker_main(args.worker)
-    from rich.console import Console
 
-    out, err = Console(), Console(stderr=True, soft_wrap=True, highlight=False)
-    if not out.is_terminal:
-        out.width = 160
-    loops = [part.strip() for part in args.loops.split(",") if part.strip()]
-    if not loops or any(loop not in LOOPS for loop in loops):
-        err.print(f"error: --loops takes {', '.join(LOOPS)}")
-        return 2
-    quick = QUICK if args.quick else {}
-    report = benchmark(
-        size=args.size or quick.get("size", DEFAULT_SIZE), images=args.images or quick.get("images", DEFAULT_IMAGES),
-        loops=loops, backend=args.backend, max_channels=args.max_channels or quick.get("max_channels"),
-        seed=args.seed, batch_size=args.batch_size, reference_images=args.reference_images,
-        runner=runner or subprocess_runner(args.timeout), progress=lambda message: err.print(message),
-    )
-    for line in measure.describe_machine(report["machine"]):
-        out.print(line, highlight=False)
-    settings = report["settings"]
-    out.print(f"Essence transfer, {settings['size']} px, random weights, {settings['input']}: inversion + synthesis + "
-              "PNG write", highlight=False)
-    out.print(markdown_table(report), highlight=False, markup=False)
-    for goal in report["goals"]:
-        out.print(f"Goal {goal['goal']}: {goal['value']:.2f} -> {'met' if goal['met'] else 'NOT met'}",
-                  highlight=False, markup=False)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(markdown_table(report))
-    return 1 if any(r.get("error") for r in report["results"]) else 0
+    def run(progress: Callable[[str], None]) -> dict:
+        return benchmark(
+            **options(args, QUICK, {"size": DEFAULT_SIZE, "images": DEFAULT_IMAGES, "max_channels": None}),
+            loops=names(args.loops, LOOPS, "loop"), backend=args.backend, seed=args.seed, batch_size=args.batch_size,
+            reference_images=args.reference_images, runner=runner or subprocess_runner(args.timeout),
+            progress=progress,
+        )
+
+    return command_line(args, worker=run_case, run=run, render=render, markdown=markdown_table)
 
 
 if __name__ == "__main__":

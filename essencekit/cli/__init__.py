@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "essencekit.cli.extract_cmd",
     "essencekit.cli.essence_cmd",
     "essencekit.cli.transfer_cmd", "essencekit.cli.invert_cmd",
+    "essencekit.cli.bench_cmd",
+    "essencekit.cli.evaluate_cmd",
 )
 
 HELP = """Image-based CLIP-guided essence transfer (TargetCLIP) for StyleGAN2 faces.

@@ -108,13 +108,13 @@ def run_with_display(run, verb: str, what: str, output: Path | None, json_lines:
         raise typer.Exit(1)
 
 
-def command_help(doc: str) -> str:
+def command_help(doc: str, exits: str = EXIT_HELP) -> str:
     """A docstring as Typer's help: paragraphs re-flowed (Rich keeps single line breaks), then
     the exit statuses."""
     import inspect
 
     paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(" ".join(p.split()) for p in [*paragraphs, EXIT_HELP])
+    return "\n\n".join(" ".join(p.split()) for p in [*paragraphs, exits])
 
 
 def usage_errors(call):

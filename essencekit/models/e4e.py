@@ -27,10 +27,15 @@ from torch import nn
 from ..checkpoints import load_checkpoint, require_mapping
 from ..errors import EssencekitError
 
+# The ir_se units live in irse.py (shared with the ArcFace identity model); re-exported here.
+from .irse import BottleneckIRSE, SEModule, UnitSpec, adopt_state_dict, infer_body
+
 __all__ = [
+    "BottleneckIRSE",
     "E4E",
     "Encoder4Editing",
     "EncoderConfig",
+    "SEModule",
     "UnitSpec",
     "e4e_from_state_dict",
     "infer_encoder_config",
@@ -42,16 +47,6 @@ _FIX = "use e4e_ffhq_encode.pt from the encoder4editing project (`essencekit pul
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class UnitSpec:
-    """One bottleneck_IR_SE unit: ``in_channels -> depth`` with ``stride``; SE hidden width."""
-
-    in_channels: int
-    depth: int
-    stride: int
-    se_channels: int
 
 
 @dataclass(frozen=True)
@@ -122,35 +117,11 @@ def infer_encoder_config(
         raise bad(f"input_layer.0.weight has shape {list(stem)}")
     stem_width, in_channels = stem[0], stem[1]
 
-    n_units = 0
-    while f"body.{n_units}.res_layer.1.weight" in state_dict:
-        n_units += 1
-    if n_units == 0:
-        _shape(state_dict, "body.0.res_layer.1.weight", source)  # raises the missing-key error
-
-    specs: list[tuple[int, int, int]] = []  # (in, depth, se hidden)
-    previous = stem_width
-    for n in range(n_units):
-        depth, unit_in = _shape(state_dict, f"body.{n}.res_layer.1.weight", source)[:2]
-        se_hidden = _shape(state_dict, f"body.{n}.res_layer.5.fc1.weight", source)[0]
-        if unit_in != previous:
-            raise bad(f"unit {n} takes {unit_in} channels but receives {previous}")
-        specs.append((unit_in, depth, se_hidden))
-        previous = depth
-
-    # A stage is a run of units with the same width; its first unit has stride 2.
-    stage_widths: list[int] = []
-    stage_units: list[int] = []
-    units: list[UnitSpec] = []
-    for unit_in, depth, se_hidden in specs:
-        starts_stage = not stage_widths or depth != stage_widths[-1]
-        if starts_stage:
-            stage_widths.append(depth)
-            stage_units.append(0)
-        stage_units[-1] += 1
-        units.append(UnitSpec(unit_in, depth, 2 if starts_stage else 1, se_hidden))
+    units, stage_widths, stage_units = infer_body(
+        state_dict, stem_width, shape=lambda key: _shape(state_dict, key, source), bad=bad
+    )
     if len(stage_widths) != 4:
-        raise bad(f"{len(stage_widths)} backbone stages (widths {stage_widths}), expected 4")
+        raise bad(f"{len(stage_widths)} backbone stages (widths {list(stage_widths)}), expected 4")
     ends = [sum(stage_units[: i + 1]) - 1 for i in range(4)]
     taps = (ends[1], ends[2], ends[3])
 
@@ -193,46 +164,6 @@ def infer_encoder_config(
 
 
 # --------------------------------------------------------------------------- modules
-
-
-class SEModule(nn.Module):
-    """Squeeze-and-excitation gate (official names ``fc1``/``fc2``, no biases)."""
-
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=False)
-        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = F.adaptive_avg_pool2d(x, 1)
-        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(gate))))
-        return x * gate
-
-
-class BottleneckIRSE(nn.Module):
-    """bottleneck_IR_SE: BN, conv3x3, PReLU, conv3x3 (strided), BN, SE, plus the shortcut."""
-
-    def __init__(self, spec: UnitSpec):
-        super().__init__()
-        cin, depth, stride = spec.in_channels, spec.depth, spec.stride
-        if cin == depth:
-            # A 1x1 max-pool is plain subsampling; kept as a module to mirror the original.
-            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
-        else:
-            self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(cin, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
-            )
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(cin),
-            nn.Conv2d(cin, depth, 3, 1, 1, bias=False),
-            nn.PReLU(depth),
-            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(depth),
-            SEModule(depth, spec.se_channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_layer(x) + self.shortcut_layer(x)
 
 
 class EqualLinear(nn.Module):
@@ -374,35 +305,7 @@ class Encoder4Editing(nn.Module):
 
 def _assign(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, prefix: str):
     """Adopt ``state_dict``'s tensors as ``module``'s (strict), freezing them."""
-    tensors = {}
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise EssencekitError(f"{source}: '{prefix}{key}' is not a tensor; {_FIX}")
-        # Only a half-precision re-save needs a copy; float32 tensors are taken as they are.
-        if value.is_floating_point() and value.dtype != torch.float32:
-            value = value.float()
-        tensors[key] = value
-    try:
-        result = module.load_state_dict(tensors, strict=False, assign=True)
-    except RuntimeError as error:
-        first = (str(error).strip().splitlines() or ["shape mismatch"])[-1].strip()
-        raise EssencekitError(
-            f"{source} does not fit the e4e architecture inferred from it: {first[:200]}; {_FIX}"
-        ) from None
-    if result.missing_keys or result.unexpected_keys:
-        parts = []
-        if result.missing_keys:
-            parts.append(
-                f"missing {len(result.missing_keys)} keys (first '{prefix}{result.missing_keys[0]}')"
-            )
-        if result.unexpected_keys:
-            parts.append(
-                f"{len(result.unexpected_keys)} unexpected keys "
-                f"(first '{prefix}{result.unexpected_keys[0]}')"
-            )
-        raise EssencekitError(f"{source} is not a complete e4e encoder: {', '.join(parts)}; {_FIX}")
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
+    adopt_state_dict(module, state_dict, source=source, arch="e4e encoder", fix=_FIX, prefix=prefix)
 
 
 # --------------------------------------------------------------------------- encoder + decoder

@@ -1,0 +1,159 @@
+"""``essencekit evaluate``: how well essences transfer, measured as the TargetCLIP paper does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import typer
+from rich.markup import escape
+
+from .output import err, out, print_json, progress_enabled
+from .transfer_cmd import command_help, usage_errors
+
+EXIT_HELP = (
+    "Exit status: 0 when the measures were taken (sources that could not be used are listed, and left out of "
+    "the figures); 1 on an error (missing weights, unreadable essence or target, no usable source); 2 on a "
+    "usage error; 130 when interrupted (nothing is written)."
+)
+JUDGES_HELP = "Comma list of CLIP variants that judge target similarity and consistency."
+
+
+def _clip_weights(pairs: list[str]) -> dict[str, str]:
+    weights = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--clip-weights takes NAME=PATH (ViT-B/32=vit.safetensors), got {pair!r}")
+        weights[name] = path
+    return weights
+
+
+def print_table(evaluation) -> None:
+    from rich.table import Table
+
+    table = Table(title="essencekit evaluate: mean ± std over "
+                  f"{len(evaluation.sources)} source(s)", title_justify="left")
+    table.add_column("essence")
+    table.add_column("strength", justify="right")
+    table.add_column("identity ↑", justify="right")
+    table.add_column("identity leak ↓", justify="right")
+    for judge in evaluation.judges:
+        table.add_column(f"target sim. {judge} ↑", justify="right")
+    for judge in evaluation.judges:
+        table.add_column(f"consistency {judge} ↑", justify="right")
+    for row in evaluation.rows:
+        table.add_row(
+            escape(row.essence), f"{row.strength:g}", row.identity.format(), row.identity_leak.format(),
+            *[row.target_similarity[j].format() for j in evaluation.judges],
+            *["n/a" if row.consistency[j] is None else f"{row.consistency[j]:.3f}" for j in evaluation.judges],
+        )
+    if out.is_terminal:
+        out.print(table)
+    else:
+        # piped output has no width to fit: keep each row on one line for the reader of the file
+        from rich.console import Console
+
+        Console(file=sys.stdout, width=240, soft_wrap=True).print(table)
+
+
+def evaluate(
+    essence: list[str] = typer.Option(
+        ..., "--essence", "-e", metavar="NAME_OR_PATH",
+        help="An essence file or published essence name; repeat for several, each paired with a --target.",
+    ),
+    target: list[Path] = typer.Option(
+        ..., "--target", "-t", metavar="IMAGE", help="The target image of each --essence, in the same order."
+    ),
+    sources: list[str] = typer.Option(
+        ["celebs"], "--sources", metavar="DIR|LATENTS|celebs",
+        help="Faces to edit: photo folders or files, W+ latent files (essencekit invert), or celebs (the 68 "
+        "published celebrity latents). Repeatable.",
+    ),
+    strength: str | None = typer.Option(
+        None, "--strength", "-s", metavar="S[,S...]",
+        help="Strengths to measure (strength 0, the unedited sources, is always measured). Default: 0.5, 1 and "
+        "1.5 times each essence's recommended strength.",
+    ),
+    max_sources: int | None = typer.Option(
+        None, "--max-sources", metavar="N", help="Measure only the first N faces (quicker; default: all)."
+    ),
+    identity_model: str | None = typer.Option(
+        None, "--identity-model", metavar="PATH_OR_NAME", help="ArcFace IR-SE50 weights (default: arcface-ir-se50)."
+    ),
+    clip: str = typer.Option("ViT-B/32,RN50", "--clip", metavar="NAMES", help=JUDGES_HELP),
+    clip_weights: list[str] = typer.Option(
+        [], "--clip-weights", metavar="NAME=PATH", help="Weights file of a judge not in the cache. Repeatable."
+    ),
+    clip_input: Literal["raw", "standard"] = typer.Option(
+        "raw", "--clip-input", help="How every judge sees images (raw: the published essences' domain)."
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", metavar="FILE.html",
+        help="Also write an HTML report: the table, the identity / target-similarity plot over strength, and an "
+        "image grid.",
+    ),
+    grid_sources: int = typer.Option(4, "--grid-sources", min=0, help="Sources shown in the report's grid."),
+    no_align: bool = typer.Option(False, "--no-align", help="Source photos are FFHQ-aligned crops: no detection."),
+    no_align_target: bool = typer.Option(
+        False, "--no-align-target", help="Measure the identity leak on the target's centre square, not its face."
+    ),
+    aligner: str | None = typer.Option(None, "--aligner", help="Face aligner: dlib (default), mediapipe."),
+    backend: str | None = typer.Option(None, "--backend", help="cpu, cuda, mps (default: the best available)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Faces per model pass."),
+    encoder: str | None = typer.Option(None, "--encoder", metavar="PATH_OR_ARTIFACT", help="e4e checkpoint."),
+    generator: str | None = typer.Option(
+        None, "--generator", metavar="PATH_OR_ARTIFACT", help="StyleGAN2 checkpoint (default: the encoder's decoder)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the W+ cache."),
+    json_: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+):
+    """Measure essences the way the TargetCLIP paper does, over strengths.
+
+    For each essence and strength: identity (ArcFace cosine between each source and its edit),
+    identity leak (ArcFace cosine between the edit and the target's face), target similarity
+    (CLIP cosine between the edit and the target, for each --clip judge: the variant the essence
+    was made with, and an independent one) and consistency (mean pairwise cosine of the
+    CLIP-space changes across sources). Pick the strength where the target similarity stops
+    rising faster than identity falls: --report draws that trade-off (docs/evaluate.md).
+    """
+    from ..evaluation.api import Evaluator
+    from ..evaluation.report import write_report
+
+    if report is not None and report.suffix.lower() not in (".html", ".htm"):
+        raise typer.BadParameter(f"--report {report}: the report is an .html file")
+    judges = [name.strip() for name in clip.split(",") if name.strip()]
+
+    def notify(message: str) -> None:
+        err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+
+    evaluator = usage_errors(lambda: Evaluator(
+        encoder=encoder, generator=generator, device=backend, aligner=aligner, identity_model=identity_model,
+        judges=judges, clip_weights=_clip_weights(clip_weights), clip_input=clip_input, notify=notify,
+    ))
+    options = dict(align=not no_align, align_target=not no_align_target, batch_size=batch_size, cache=not no_cache,
+                   grid_sources=grid_sources if report is not None else 0, max_sources=max_sources)
+    if progress_enabled():
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("rendering and measuring: {task.completed} images"),
+                      TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("evaluate", total=None)
+            evaluation = usage_errors(lambda: evaluator.evaluate(
+                essence, target, sources, strength, progress=lambda n: bar.advance(task, n), **options))
+    else:
+        evaluation = usage_errors(lambda: evaluator.evaluate(essence, target, sources, strength, **options))
+    for failure in evaluation.failures:
+        err.print(f"[red]skipped[/red] {escape(failure['source'])}: {escape(failure['reason'])}", highlight=False)
+    if json_:
+        print_json(evaluation.to_json())
+    else:
+        print_table(evaluation)
+    if report is not None:
+        write_report(evaluation, report)
+        err.print(f"report: {escape(str(report))}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate", help=command_help(evaluate.__doc__, EXIT_HELP))(evaluate)

@@ -1,0 +1,283 @@
+"""``essencekit evaluate`` on the tiny fixtures: the tiny e4e (64 px decoder), the tiny ArcFace
+and two tiny random CLIP judges (a ViT and a ResNet)."""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import essencekit
+from essencekit.cli import main
+from essencekit.clip import OPENAI_MEAN, OPENAI_STD, ClipVariant, build_clip_model, load_clip
+from essencekit.essence import Essence
+from essencekit.evaluation.api import Evaluator, default_strengths, evaluate, to_signed
+from essencekit.evaluation.metrics import clip_changes, mean_pairwise_cosine, paired_cosine, summarize
+from essencekit.evaluation.report import render_html, write_report
+from essencekit.models.arcface import load_identity_checkpoint
+from essencekit.models.e4e import load_encoder_checkpoint
+from essencekit.transfer.pipeline import OptionError, to_uint8
+
+FIXTURES = Path(__file__).parent / "fixtures"
+E4E = FIXTURES / "tiny-e4e.pt"
+ARCFACE = FIXTURES / "tiny-arcface.pth"
+
+TINY_RN = ClipVariant(
+    name="test-tiny-rn",
+    open_clip_config={
+        "embed_dim": 24,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None, "head_width": 64},
+        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+    },
+    weights="clip-test-tiny-rn",
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
+)
+
+
+# --------------------------------------------------------------------------- the measures
+
+
+def test_summary_is_mean_and_population_std():
+    s = summarize([0.5, 1.0, 1.5])
+    assert s.n == 3 and s.mean == pytest.approx(1.0) and s.std == pytest.approx(math.sqrt(1 / 6))
+    assert summarize([]).mean is None and summarize([]).format() == "n/a"
+    assert summarize([0.25]).format() == "0.250 ± 0.000"
+
+
+def test_paired_cosine_against_rows_or_one_target():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    assert paired_cosine(a, a).tolist() == pytest.approx([1, 1, 1])
+    assert paired_cosine(a, torch.tensor([[1.0, 0.0]])).tolist() == pytest.approx([1, 0, math.sqrt(0.5)])
+
+
+def test_consistency_is_the_mean_pairwise_cosine_of_the_changes():
+    same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
+    assert mean_pairwise_cosine(same) == pytest.approx(1.0)
+    # pairs: (0,1) -1, (0,2) 0, (1,2) 0
+    mixed = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    assert mean_pairwise_cosine(mixed) == pytest.approx(-1 / 3)
+    assert mean_pairwise_cosine(same[:1]) is None
+    assert mean_pairwise_cosine(torch.zeros(3, 2)) is None  # strength 0: no change to compare
+    sources, edits = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    changes = clip_changes(edits, sources)
+    assert torch.allclose(changes[0], torch.tensor([math.sqrt(0.5) - 1, math.sqrt(0.5)], dtype=torch.float64))
+
+
+def test_default_strengths_follow_the_recommended_strength():
+    assert default_strengths(1.0) == [0.5, 1.0, 1.5]
+    assert default_strengths(2.0) == [1.0, 2.0, 3.0]
+    assert default_strengths(0.0) == [1.0]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def tiny_rn_weights(tmp_path_factory) -> Path:
+    from safetensors.torch import save_file
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1)
+    model = build_clip_model(TINY_RN)
+    torch.random.set_rng_state(state)
+    path = tmp_path_factory.mktemp("tiny-rn") / "tiny-rn.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def setup(tiny_clip_plugin, tiny_clip_weights, tiny_rn_weights, register_plugin, tmp_path, monkeypatch):
+    class TinyRn:
+        @staticmethod
+        @essencekit.hookimpl
+        def register_clip_models(register):
+            register(TINY_RN)
+
+    register_plugin(TinyRn, "test-tiny-rn")
+    monkeypatch.chdir(tmp_path)
+    e4e = load_encoder_checkpoint(E4E)
+    gen = e4e.generator
+    rng = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        w = gen.mapping(torch.randn(4, gen.style_dim, generator=rng), truncation=0.7)
+    latents = tmp_path / "sources.pt"
+    torch.save(w[:, None].expand(-1, gen.n_latent, -1).clone(), latents)
+    essences = {}
+    for name, scale, clip in (("alpha", 0.6, tiny_clip_plugin.name), ("beta", 0.4, None)):
+        meta = {"name": name, "recommended_strength": "1.0"}
+        if clip:
+            meta["clip_model"] = clip
+        direction = torch.randn(gen.n_latent, gen.style_dim, generator=rng) * scale
+        essences[name] = Essence(direction, metadata=meta).save(tmp_path / f"{name}.pt")
+    targets = {}
+    for name, seed in (("alpha", 5), ("beta", 6)):
+        pixels = np.random.default_rng(seed).integers(0, 256, (80, 72, 3), dtype=np.uint8)
+        targets[name] = tmp_path / f"{name}-target.png"
+        Image.fromarray(pixels).save(targets[name])
+    judges = [tiny_clip_plugin.name, TINY_RN.name]
+    weights = {tiny_clip_plugin.name: str(tiny_clip_weights), TINY_RN.name: str(tiny_rn_weights)}
+    return types.SimpleNamespace(e4e=e4e, latents=latents, w=w, essences=essences, targets=targets, judges=judges,
+                                 weights=weights, tmp=tmp_path)
+
+
+def _evaluate(setup, **options):
+    return evaluate(
+        [setup.essences["alpha"], setup.essences["beta"]], [setup.targets["alpha"], setup.targets["beta"]],
+        setup.latents, options.pop("strengths", "0.5,1"), encoder=setup.e4e, device="cpu",
+        identity_model=ARCFACE, judges=setup.judges, clip_weights=setup.weights, align_target=False, **options,
+    )
+
+
+def test_evaluation_measures_what_the_paper_measures(setup):
+    result = _evaluate(setup)
+    assert [(r.essence, r.strength) for r in result.rows] == [
+        ("alpha", 0.0), ("alpha", 0.5), ("alpha", 1.0), ("beta", 0.0), ("beta", 0.5), ("beta", 1.0)]
+    assert len(result.sources) == 4 and not result.failures
+    assert [e.extraction_clip for e in result.essences] == [setup.judges[0], "ViT-B/32"]
+
+    # strength 0 is the sources themselves: identity exactly kept, no change to be consistent about
+    baseline = result.rows[0]
+    assert baseline.identity.mean == pytest.approx(1.0, abs=1e-6) and baseline.identity.std < 1e-6
+    assert baseline.consistency == {name: None for name in setup.judges}
+    # identity drops as the edit grows; every figure is a cosine
+    alpha = result.rows[:3]
+    assert alpha[2].identity.mean < alpha[1].identity.mean < 1.0
+    for row in result.rows:
+        for summary in (row.identity, row.identity_leak, *row.target_similarity.values()):
+            assert summary.n == 4 and -1.0 <= summary.mean <= 1.0
+        if row.strength:
+            assert all(-1.0 <= c <= 1.0 for c in row.consistency.values())
+
+    # recompute alpha at strength 1 independently: render, quantise as transfer does, embed
+    arcface = load_identity_checkpoint(ARCFACE)
+    judge = load_clip(setup.judges[1], "cpu", input_mode="raw", generator_size=64,
+                      weights=setup.weights[setup.judges[1]])
+    direction = essencekit.load_essence(setup.essences["alpha"]).direction
+    w = setup.w[:, None].expand(-1, setup.e4e.n_latent, -1)
+    with torch.no_grad():
+        source = torch.cat([to_signed(Image.fromarray(a)) for a in to_uint8(setup.e4e.generator.synthesis(w))])
+        edit = torch.cat([to_signed(Image.fromarray(a))
+                          for a in to_uint8(setup.e4e.generator.synthesis(w + direction))])
+        identity = paired_cosine(arcface.embed(edit), arcface.embed(source))
+        target = judge.encode_target(Image.open(setup.targets["alpha"]))
+        similarity = paired_cosine(judge.encode_generated(edit), target)
+        consistency = mean_pairwise_cosine(clip_changes(judge.encode_generated(edit), judge.encode_generated(source)))
+    assert alpha[2].identity.mean == pytest.approx(float(identity.mean()), abs=1e-5)
+    assert alpha[2].identity.std == pytest.approx(float(identity.std(unbiased=False)), abs=1e-5)
+    assert alpha[2].target_similarity[setup.judges[1]].mean == pytest.approx(float(similarity.mean()), abs=1e-5)
+    assert alpha[2].consistency[setup.judges[1]] == pytest.approx(consistency, abs=1e-5)
+    # the identity leak compares with the target's centre square (align_target=False)
+    assert result.essences[0].target_face == "centre crop"
+
+
+def test_default_strengths_max_sources_and_json(setup):
+    result = _evaluate(setup, strengths=None, max_sources=2)
+    assert [r.strength for r in result.rows if r.essence == "alpha"] == [0.0, 0.5, 1.0, 1.5]
+    assert len(result.sources) == 2
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["sources"]["count"] == 2 and data["judges"] == setup.judges
+    assert data["rows"][1]["target_similarity"][setup.judges[0]]["n"] == 2
+
+
+def test_option_errors_before_any_work(setup):
+    evaluator = Evaluator(encoder=setup.e4e, device="cpu", identity_model=ARCFACE, judges=setup.judges,
+                          clip_weights=setup.weights)
+    with pytest.raises(OptionError, match="each essence needs its target"):
+        evaluator.evaluate([setup.essences["alpha"]], [], setup.latents)
+    with pytest.raises(OptionError, match="--strength"):
+        evaluator.evaluate([setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, "1,x")
+    with pytest.raises(OptionError, match="--max-sources"):
+        evaluator.evaluate([setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, max_sources=0)
+    big = Essence(torch.zeros(18, 512)).save(setup.tmp / "big.pt")
+    with pytest.raises(essencekit.EssencekitError, match="shape"):
+        evaluator.evaluate([big], [setup.targets["alpha"]], setup.latents)
+    with pytest.raises(essencekit.EssencekitError, match="--clip-weights"):
+        Evaluator(judges=setup.judges, clip_weights={"nope": "x"})
+
+
+def test_report_has_table_plot_and_grid(setup):
+    result = _evaluate(setup, grid_sources=2)
+    assert len(result.grid) == 2
+    assert set(result.grid[0]["images"]) == {(None, 0.0), ("alpha", 0.5), ("alpha", 1.0), ("beta", 0.5), ("beta", 1.0)}
+    page = render_html(result)
+    assert page.count("<polyline") == 2 and page.count("<circle") == 6
+    assert page.count("data:image/jpeg;base64,") == 10
+    assert "alpha" in page and "identity leak" in page
+    path = write_report(result, setup.tmp / "r" / "report.html")
+    written = path.read_text(encoding="utf-8")
+    assert written.startswith("<!DOCTYPE html>") and written.count("data:image/jpeg;base64,") == 10
+    assert not [p for p in path.parent.iterdir() if p.name != "report.html"]  # no temporary left
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _run(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def _cli_models(setup) -> list:
+    args = ["--encoder", E4E, "--identity-model", ARCFACE, "--clip", ",".join(setup.judges), "--backend", "cpu",
+            "--no-align-target"]
+    for name, path in setup.weights.items():
+        args += ["--clip-weights", f"{name}={path}"]
+    return args
+
+
+def test_command_prints_json_and_writes_the_report(setup, capsys):
+    report = setup.tmp / "report.html"
+    code, out, err = _run(
+        ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
+         "-s", "1", "--json", "--report", report, *_cli_models(setup)], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert [row["strength"] for row in data["rows"]] == [0.0, 1.0]
+    assert data["rows"][0]["identity"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert "<svg" in report.read_text(encoding="utf-8")
+
+
+def test_command_table(setup, capsys):
+    code, out, err = _run(
+        ["evaluate", "-e", setup.essences["beta"], "-t", setup.targets["beta"], "--sources", setup.latents,
+         "-s", "0.5", "--max-sources", "2", *_cli_models(setup)], capsys)
+    assert code == 0, err
+    assert "identity" in out and "beta" in out and "2 source(s)" in out
+
+
+@pytest.mark.parametrize(("extra", "code", "message"), [
+    (["-t", "other.png"], 2, "each essence needs its target"),
+    (["--clip-weights", "novalue"], 2, "NAME=PATH"),
+    (["--report", "r.txt"], 2, ".html"),
+    (["--strength", "1,1"], 2, "twice"),
+])
+def test_command_usage_errors(setup, capsys, extra, code, message):
+    args = ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
+            *_cli_models(setup), *extra]
+    got, out, err = _run(args, capsys)
+    assert got == code and message in err and "Traceback" not in err
+    assert out == ""
+
+
+def test_command_errors_name_the_file(setup, capsys):
+    base = ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"]]
+    code, _, err = _run([*base, "--sources", setup.tmp / "nowhere", *_cli_models(setup)], capsys)
+    assert code == 1 and "nowhere" in err
+    models = _cli_models(setup)
+    models[models.index("--identity-model") + 1] = FIXTURES / "tiny-stylegan2.pt"
+    code, _, err = _run([*base, "--sources", setup.latents, *models], capsys)
+    assert code == 1 and "tiny-stylegan2.pt" in err and "Traceback" not in err
+    (setup.tmp / "bad.png").write_bytes(b"not an image")
+    code, _, err = _run(["evaluate", "-e", setup.essences["alpha"], "-t", setup.tmp / "bad.png",
+                         "--sources", setup.latents, *_cli_models(setup)], capsys)
+    assert code == 1 and "bad.png" in err
