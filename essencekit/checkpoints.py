@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,9 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
             f"{path} is not a plain {what}: it holds objects that essencekit will not unpickle "
             f"({_refused_global(error)}); only tensors, numbers and strings are accepted"
         ) from None
-    except (RuntimeError, EOFError, KeyError, IndexError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except PermissionError as error:
+        raise EssencekitError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except Exception as error:  # noqa: BLE001 - a foreign file derails the unpickler in many ways
         if not _looks_like_torch_file(path):
             raise _not_torch(path, what) from None
         first_line = (str(error).strip().splitlines() or ["unreadable"])[0]

@@ -63,6 +63,25 @@ def tiny_clip_variant():
     )
 
 
+def tiny_rn_variant(name: str = "test-tiny-rn", weights: str = "clip-test-tiny-rn"):
+    """A tiny random open_clip ModifiedResNet (the RN50 family: BatchNorm, attention pooling)."""
+    from essencekit.clip import OPENAI_MEAN, OPENAI_STD, ClipVariant
+
+    return ClipVariant(
+        name=name,
+        open_clip_config={
+            "embed_dim": 24,
+            "quick_gelu": True,
+            "vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None,
+                           "head_width": 64},
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+        },
+        weights=weights,
+        mean=OPENAI_MEAN,
+        std=OPENAI_STD,
+    )
+
+
 @pytest.fixture
 def tiny_clip_plugin(register_plugin):
     """Registers the tiny random CLIP variant ``test-tiny-vit`` for one test."""

@@ -30,6 +30,7 @@ from essencekit.clip import (
 )
 from essencekit.errors import EssencekitError
 from essencekit.plugins import registered
+from conftest import tiny_rn_variant
 
 _TINY_TEXT = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
 
@@ -46,18 +47,7 @@ TINY_VIT = ClipVariant(
     std=OPENAI_STD,
 )
 
-TINY_RN = ClipVariant(
-    name="tiny-rn",
-    open_clip_config={
-        "embed_dim": 24,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None, "head_width": 64},
-        "text_cfg": _TINY_TEXT,
-    },
-    weights="clip-tiny-rn",
-    mean=OPENAI_MEAN,
-    std=OPENAI_STD,
-)
+TINY_RN = tiny_rn_variant("tiny-rn", "clip-tiny-rn")
 
 VARIANTS = {"tiny-vit": TINY_VIT, "tiny-rn": TINY_RN}
 

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import essencekit
+from conftest import tiny_rn_variant
 from essencekit.cli import main
-from essencekit.clip import OPENAI_MEAN, OPENAI_STD, ClipVariant, build_clip_model, load_clip
+from essencekit.clip import build_clip_model, load_clip
 from essencekit.essence import Essence
 from essencekit.evaluation.api import Evaluator, default_strengths, evaluate, to_signed
 from essencekit.evaluation.metrics import clip_changes, mean_pairwise_cosine, paired_cosine, summarize
@@ -28,18 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 E4E = FIXTURES / "tiny-e4e.pt"
 ARCFACE = FIXTURES / "tiny-arcface.pth"
 
-TINY_RN = ClipVariant(
-    name="test-tiny-rn",
-    open_clip_config={
-        "embed_dim": 24,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 224, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None, "head_width": 64},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-    },
-    weights="clip-test-tiny-rn",
-    mean=OPENAI_MEAN,
-    std=OPENAI_STD,
-)
+TINY_RN = tiny_rn_variant()
 
 
 # --------------------------------------------------------------------------- the measures

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..checkpoints import load_checkpoint, require_mapping
 from ..errors import EssencekitError
-from .irse import BottleneckIRSE, UnitSpec, adopt_state_dict, infer_body
+from .irse import BottleneckIRSE, UnitSpec, adopt_state_dict, infer_body, tensor_shape
 
 __all__ = [
     "ArcFaceConfig",
@@ -78,15 +78,7 @@ class ArcFaceConfig:
 
 
 def _shape(state_dict: Mapping[str, Any], key: str, source: str) -> tuple[int, ...]:
-    tensor = state_dict.get(key)
-    if tensor is None:
-        raise EssencekitError(
-            f"{source} is missing weight '{key}'; the file is incomplete or not an ArcFace "
-            f"IR-SE state dict: {_FIX}"
-        )
-    if not isinstance(tensor, torch.Tensor):
-        raise EssencekitError(f"{source}: '{key}' is not a tensor; {_FIX}")
-    return tuple(tensor.shape)
+    return tensor_shape(state_dict, key, source, shown=key, model="an ArcFace IR-SE state dict", fix=_FIX)
 
 
 def infer_arcface_config(
@@ -289,16 +281,7 @@ def load_identity_checkpoint(path: str | os.PathLike) -> ArcFaceIRSE:
     plain state dict, or not an ArcFace IR-SE model (another checkpoint, missing keys, shapes
     the inferred architecture cannot take).
     """
-    try:
-        loaded = load_checkpoint(path, what=_WHAT)
-    except EssencekitError:
-        raise
-    except Exception as error:  # noqa: BLE001
-        # A foreign file can derail the unpickler in ways load_checkpoint does not list.
-        raise EssencekitError(
-            f"cannot read {_WHAT} {path}: not a PyTorch checkpoint "
-            f"({type(error).__name__}); {_FIX}"
-        ) from None
+    loaded = load_checkpoint(path, what=_WHAT)
     state_dict = require_mapping(loaded, path, f"{_WHAT} state dict")
     nested = state_dict.get("state_dict")
     if isinstance(nested, dict) and _has_stem(nested):

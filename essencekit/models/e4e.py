@@ -28,7 +28,7 @@ from ..checkpoints import load_checkpoint, require_mapping
 from ..errors import EssencekitError
 
 # The ir_se units live in irse.py (shared with the ArcFace identity model); re-exported here.
-from .irse import BottleneckIRSE, SEModule, UnitSpec, adopt_state_dict, infer_body
+from .irse import BottleneckIRSE, SEModule, UnitSpec, adopt_state_dict, infer_body, tensor_shape
 
 __all__ = [
     "BottleneckIRSE",
@@ -90,15 +90,7 @@ class EncoderConfig:
 
 
 def _shape(state_dict: Mapping[str, Any], key: str, source: str) -> tuple[int, ...]:
-    tensor = state_dict.get(key)
-    if tensor is None:
-        raise EssencekitError(
-            f"{source} is missing encoder weight 'encoder.{key}'; the file is incomplete or not "
-            f"an e4e checkpoint: {_FIX}"
-        )
-    if not isinstance(tensor, torch.Tensor):
-        raise EssencekitError(f"{source}: 'encoder.{key}' is not a tensor; {_FIX}")
-    return tuple(tensor.shape)
+    return tensor_shape(state_dict, key, source, shown=f"encoder.{key}", model="an e4e checkpoint", fix=_FIX)
 
 
 def infer_encoder_config(
@@ -465,17 +457,7 @@ def load_encoder_checkpoint(path: str | os.PathLike) -> E4E:
     :class:`EssencekitError` for a file that is not an e4e checkpoint, missing keys, or an
     encoder whose number of codes does not match its decoder.
     """
-    try:
-        loaded = load_checkpoint(path, what=_WHAT)
-    except EssencekitError:
-        raise
-    except Exception as error:  # noqa: BLE001
-        # A foreign file can derail the unpickler in ways load_checkpoint does not list
-        # (a text file gives KeyError); the user still needs a one-line answer.
-        raise EssencekitError(
-            f"cannot read {_WHAT} {path}: not a PyTorch checkpoint "
-            f"({type(error).__name__}); {_FIX}"
-        ) from None
+    loaded = load_checkpoint(path, what=_WHAT)
     checkpoint = require_mapping(loaded, path, _WHAT)
     if "state_dict" in checkpoint:
         state_dict = require_mapping(checkpoint["state_dict"], path, _WHAT)

@@ -69,6 +69,21 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+def tensor_shape(state_dict: Mapping[str, Any], key: str, source: str, *, shown: str, model: str,
+                 fix: str) -> tuple[int, ...]:
+    """The shape of ``state_dict[key]``; a missing or non-tensor entry is a one-line error that
+    names ``source``, the key as the file spells it (``shown``), the ``model`` expected and the
+    ``fix``."""
+    tensor = state_dict.get(key)
+    if tensor is None:
+        raise EssencekitError(
+            f"{source} is missing weight '{shown}'; the file is incomplete or not {model}: {fix}"
+        )
+    if not isinstance(tensor, torch.Tensor):
+        raise EssencekitError(f"{source}: '{shown}' is not a tensor; {fix}")
+    return tuple(tensor.shape)
+
+
 def infer_body(
     state_dict: Mapping[str, Any],
     stem_width: int,
