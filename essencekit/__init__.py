@@ -10,6 +10,11 @@ objects plugins register (:class:`Backend`, :class:`ClipVariant`, :class:`Weight
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+# First, before anything imports torch: torch reads this at its first allocation.
+from .hugepages import request_huge_pages
+
+request_huge_pages()
+
 from .aligners import Aligner, FaceLandmarks
 from .backends import Backend, select_backend
 from .errors import EssencekitError

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from essencekit.bench import generator as bench
 from essencekit.bench import measure
+from essencekit.hugepages import HUGE_PAGES_ENV
 from essencekit.bench.reference_ops import (
     ReferenceBlur,
     ReferenceUpsample,
@@ -155,18 +156,42 @@ def test_measure_cases_in_process(tmp_path):
     assert torch.allclose(forward["image"], both["image"], atol=1e-6)
 
 
-def test_worker_process(tmp_path):
-    """The one subprocess: ``python -m essencekit.bench.generator --worker SPEC``."""
+def test_worker_process(tmp_path, monkeypatch):
+    """The one subprocess: ``python -m essencekit.bench.generator --worker SPEC``, with the
+    reference variant's environment (no huge pages) over this process's."""
+    monkeypatch.setenv(HUGE_PAGES_ENV, "1")
+    (plan,) = bench.plan_workers([SMALL], ["reference"], [1])
+    assert plan["env"][HUGE_PAGES_ENV] == "0"
     spec = {
-        "config": bench.asdict(SMALL), "variant": "shared+checkpoint", "cases": [["fwd+bwd", 1]],
-        "backend": "cpu", "repeats": 1, "time_budget_s": None, "warmup": False, "autocast": True,
-        "seed": 0, "save_dir": None,
+        **plan, "backend": "cpu", "repeats": 1, "time_budget_s": None, "warmup": False,
+        "autocast": True, "seed": 0, "save_dir": None,
     }
-    result = measure.run_worker(bench.MODULE, spec, tmp_path, timeout=120)
+    result = bench.subprocess_runner(timeout=120)(spec, str(tmp_path))
     assert "error" not in result, result
-    (case,) = result["cases"]
-    assert case["op"] == "fwd+bwd" and case["batch"] == 1 and case["peak_rss_bytes"] > 50 * 2**20
+    assert result["variant"] == "reference" and result["huge_pages"] is False
+    assert [(c["op"], c["batch"]) for c in result["cases"]] == [("forward", 1), ("fwd+bwd", 1)]
+    assert result["cases"][1]["peak_rss_bytes"] > 50 * 2**20
     assert not list(tmp_path.glob("*.json"))  # spec and result files are cleaned up
+
+
+def test_variants_set_their_allocator_in_the_worker_environment(tmp_path, monkeypatch):
+    seen = []
+
+    def run(command, **kwargs):
+        seen.append(kwargs["env"])
+        return measure.subprocess.CompletedProcess(command, 3, "", "")
+
+    monkeypatch.setattr(measure.subprocess, "run", run)
+    monkeypatch.setenv("ESSENCEKIT_TEST_MARKER", "kept")
+    monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
+    runner = bench.subprocess_runner()
+    for plan in bench.plan_workers([SMALL], ["reference", "grouped", "grouped+malloc"], [1]):
+        runner(plan, str(tmp_path))
+    reference, grouped, tuned = seen
+    assert all(env["ESSENCEKIT_TEST_MARKER"] == "kept" for env in seen)
+    assert reference[HUGE_PAGES_ENV] == "0" and reference[bench.MALLOC_TUNING_ENV] == "0"
+    assert HUGE_PAGES_ENV not in grouped and grouped[bench.MALLOC_TUNING_ENV] == "0"
+    assert tuned[bench.MALLOC_TUNING_ENV] == "1"
 
 
 def test_failed_worker_process_is_reported(tmp_path, monkeypatch):

@@ -7,14 +7,24 @@ import json
 import pytest
 
 from essencekit.bench import extract as bench
+from essencekit.hugepages import HUGE_PAGES_ENV
 
 
 @pytest.fixture
 def report(tiny_clip_plugin):
-    return bench.benchmark(
+    specs = []
+
+    def runner(spec, workdir):
+        specs.append(spec)
+        return bench.in_process_runner(spec, workdir)
+
+    result = bench.benchmark(
         size=64, sources=(2,), restarts=(2,), steps=2, clip=tiny_clip_plugin.name, max_channels=8,
-        runner=bench.in_process_runner,
+        runner=runner,
     )
+    # only the reference loop's worker runs without essencekit's huge pages
+    assert {s["loop"]: s["env"] for s in specs} == {"reference": {HUGE_PAGES_ENV: "0"}, "essencekit": {}}
+    return result
 
 
 def test_both_loops_measure_the_same_problem(report):

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 
 from essencekit.bench import transfer as bench
+from essencekit.hugepages import HUGE_PAGES_ENV
 
 
 def test_the_three_loops_run_and_compare():
-    report = bench.benchmark(size=64, images=2, max_channels=8, batch_size=2, runner=bench.in_process_runner)
+    specs = []
+
+    def runner(spec, workdir):
+        specs.append(spec)
+        return bench.in_process_runner(spec, workdir)
+
+    report = bench.benchmark(size=64, images=2, max_channels=8, batch_size=2, runner=runner)
+    # only the reference loop's worker runs without essencekit's huge pages
+    assert {s["loop"]: s["env"] for s in specs} == {"reference": {HUGE_PAGES_ENV: "0"}, "single": {}, "batched": {}}
     rows = {r["loop"]: r for r in report["results"]}
     assert set(rows) == {"reference", "single", "batched"}
     for row in rows.values():

@@ -218,7 +218,8 @@ def benchmark(
             label = f"[{index}/{len(cases)}] {loop} N={n} K={k} at {size} px"
             progress(f"{label} ...")
             spec = {"loop": loop, "size": size, "max_channels": max_channels, "sources": n, "restarts": k,
-                    "steps": steps, "backend": chosen.name, "clip": clip, "seed": seed}
+                    "steps": steps, "backend": chosen.name, "clip": clip, "seed": seed,
+                    "env": measure.worker_env(loop)}
             t0 = time.perf_counter()
             result = runner(spec, workdir)
             row = {"loop": loop, "sources": n, "restarts": k, **result}

@@ -5,9 +5,15 @@ seed) forward and forward + backward (the gradient with respect to W+, weights f
 essence extraction runs) on one backend, for these variants:
 
 * ``reference``: the reference implementation's resampling ops
-  (:mod:`essencekit.bench.reference_ops`) with the grouped modulated convolution,
-* ``grouped``: essencekit's ops (depthwise blur, transposed-convolution upsampling), grouped
-  modulated convolution,
+  (:mod:`essencekit.bench.reference_ops`) with the grouped modulated convolution and its
+  unfused noise, bias and activation, in a process without transparent huge pages (which is
+  how the reference runs); ``reference+hugepages`` on request: the same with them, to show how
+  much of the difference is allocation,
+* ``grouped``: essencekit's ops (depthwise blur, transposed-convolution upsampling, fused
+  activations), grouped modulated convolution; ``grouped-unfused`` on request: without the
+  fused activations and the huge pages (what essencekit ran before them), for before/after
+  figures from one run; ``grouped+malloc`` on request: with the CPU backend's opt-in malloc
+  tuning,
 * ``shared``: essencekit's ops with the shared-weight (non-grouped) modulated convolution,
 * ``shared+checkpoint``: as ``shared`` with ``checkpoint_blocks=True`` (forward + backward
   only: checkpointing changes nothing without gradients); ``grouped+checkpoint`` on request.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hugepages import HUGE_PAGES_ENV
 from . import measure
 from .report import (
     SECTION, add_common_arguments, command_line, fmt, gib_cell, int_list, markdown, names, peak_label, print_lines,
@@ -66,6 +74,8 @@ AGREEMENT_TOLERANCE = {"float32": 1e-4, "reduced": 5e-2}
 CLEAR_DIFFERENCE = 0.03
 # The reference form's peak for fwd+bwd, 1024 px, batch 4, on the CPU (REFERENCE-FACTS.md).
 REFERENCE_PEAK_HINT_GIB = 21.1
+# The built-in CPU backend's switch for its (opt-in) malloc tuning (essencekit_builtins.backends).
+MALLOC_TUNING_ENV = "ESSENCEKIT_CPU_MALLOC_TUNING"
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,19 @@ class Variant:
     reference_ops: bool = False
     checkpoint_blocks: bool = False
     ops: tuple[str, ...] = OPS
+    # False: the reference's unfused noise, bias and activation (Generator.set_fused_ops)
+    fused_ops: bool = True
+    # False: torch's CPU allocator without transparent huge pages, as the reference runs
+    huge_pages: bool = True
+    # True: the CPU backend's opt-in malloc tuning
+    malloc_tuning: bool = False
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment settings of this variant's worker process (read before torch allocates)."""
+        env = {MALLOC_TUNING_ENV: "1" if self.malloc_tuning else "0"}
+        if not self.huge_pages:
+            env.update(measure.REFERENCE_PROCESS_ENV)
+        return env
 
 
 VARIANTS: dict[str, Variant] = {
@@ -83,10 +106,26 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant(
             "reference",
-            "reference upfirdn2d (B*C single-channel convolutions, layout copies), grouped modulated conv",
-            "grouped", reference_ops=True,
+            "reference upfirdn2d (B*C single-channel convolutions, layout copies), grouped modulated conv, "
+            "unfused activations, no huge pages",
+            "grouped", reference_ops=True, fused_ops=False, huge_pages=False,
+        ),
+        Variant(
+            "reference+hugepages",
+            "as reference, with essencekit's huge pages (how much of the difference is allocation)",
+            "grouped", reference_ops=True, fused_ops=False,
         ),
         Variant("grouped", "essencekit ops, grouped modulated conv", "grouped"),
+        Variant(
+            "grouped-unfused",
+            "as grouped, unfused activations, no huge pages (essencekit before both)",
+            "grouped", fused_ops=False, huge_pages=False,
+        ),
+        Variant(
+            "grouped+malloc",
+            "as grouped, with the CPU backend's opt-in malloc tuning",
+            "grouped", malloc_tuning=True,
+        ),
         Variant("shared", "essencekit ops, shared-weight (non-grouped) modulated conv", "shared"),
         Variant(
             "shared+checkpoint", "as shared, checkpoint_blocks=True (recompute in backward)",
@@ -140,6 +179,8 @@ def build_generator(config, variant: Variant, backend, seed: int = DEFAULT_SEED)
     model = backend.prepare(model)
     if variant.modulated_conv is not None:
         model.set_modulated_conv(variant.modulated_conv)
+    if not variant.fused_ops:
+        model.set_fused_ops(False)
     model.checkpoint_blocks = variant.checkpoint_blocks
     return model
 
@@ -227,6 +268,8 @@ def measure_cases(spec: dict) -> dict:
         "size": config.size,
         "rss_after_model_bytes": rss_model,
         "torch_threads": torch.get_num_threads(),
+        # as torch read it at its first allocation in this process
+        "huge_pages": os.environ.get(HUGE_PAGES_ENV, "0") not in ("", "0"),
         "cases": cases,
     }
 
@@ -257,7 +300,8 @@ def plan_workers(configs: Sequence, variants: Sequence[str], batches: Sequence[i
             else:
                 groups = [[(op, b) for b in batches] for op in ops]
             for cases in groups:
-                plans.append({"config": asdict(config), "variant": name, "cases": cases})
+                plans.append({"config": asdict(config), "variant": name, "cases": cases,
+                              "env": VARIANTS[name].worker_env()})
     return plans
 
 

@@ -21,6 +21,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..hugepages import HUGE_PAGES_ENV
+
+# A reference loop's worker process uses torch's CPU allocator as the reference implementation
+# does: without the transparent huge pages that importing essencekit asks for.
+REFERENCE_PROCESS_ENV = {HUGE_PAGES_ENV: "0"}
+
+
+def worker_env(loop: str) -> dict[str, str]:
+    """The environment settings of a worker that runs ``loop`` (see :func:`worker_runner`)."""
+    return dict(REFERENCE_PROCESS_ENV) if loop == "reference" else {}
+
 GIB = 2**30
 
 
@@ -147,7 +158,9 @@ def worker_runner(module: str, timeout: float | None = None) -> Callable[[dict, 
     """A runner that runs each spec in a fresh ``python -m module --worker`` process."""
 
     def run(spec: dict, workdir: str) -> dict:
-        return run_worker(module, spec, workdir, timeout=timeout)
+        # A spec's "env" is read before torch loads in the worker (allocator settings).
+        env = {**os.environ, **spec["env"]} if spec.get("env") else None
+        return run_worker(module, spec, workdir, timeout=timeout, env=env)
 
     return run
 

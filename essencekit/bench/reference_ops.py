@@ -103,8 +103,8 @@ class ReferenceUpsample(nn.Module):
 
 
 def use_reference_ops(generator: Generator) -> Generator:
-    """Swap the reference resampling ops into ``generator`` (in place) and select the grouped
-    modulated convolution; returns it.
+    """Swap the reference resampling ops into ``generator`` (in place), select the grouped
+    modulated convolution and the reference's unfused op sequence; returns it.
 
     Buffer names are unchanged (``*.blur.kernel``, ``*.upsample.kernel``), so state dicts still
     load. The kernels keep their device and dtype.
@@ -118,7 +118,7 @@ def use_reference_ops(generator: Generator) -> Generator:
                 swaps.append((parent, name, ReferenceUpsample(child.kernel)))
     for parent, name, replacement in swaps:
         setattr(parent, name, replacement)
-    return generator.set_modulated_conv("grouped")
+    return generator.set_modulated_conv("grouped").set_fused_ops(False)
 
 
 def reference_generator(config: GeneratorConfig) -> Generator:

@@ -260,7 +260,7 @@ def benchmark(
             progress(f"{label} ...")
             spec = {"loop": loop, "size": size, "max_channels": max_channels, "backend": chosen.name, "seed": seed,
                     "photos": [str(p) for p in photos[warmup - warm : warmup + count]], "warmup": warm,
-                    "workdir": workdir, "batch_size": batch_size}
+                    "workdir": workdir, "batch_size": batch_size, "env": measure.worker_env(loop)}
             t0 = time.perf_counter()
             result = runner(spec, workdir)
             rows.append({"loop": loop, **result})
