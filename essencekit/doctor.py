@@ -46,6 +46,10 @@ def _environment() -> list[Check]:
             "environment", distribution, OK if found else ERROR,
             found or f"missing: run `pip install {distribution}`",
         ))
+    from .hugepages import huge_pages_status
+
+    # faster CPU work when on; never required
+    checks.append(Check("environment", "huge pages", INFO, huge_pages_status()[1]))
     return checks
 
 

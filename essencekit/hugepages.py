@@ -26,3 +26,24 @@ HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 def request_huge_pages() -> None:
     """Ask torch's CPU allocator for transparent huge pages unless the user decided already."""
     os.environ.setdefault(HUGE_PAGES_ENV, "1")
+
+
+SYSTEM_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages_status(system_setting: str = SYSTEM_SETTING) -> tuple[bool, str]:
+    """Whether torch's large CPU tensors get huge pages in this process, and a one-line why."""
+    requested = os.environ.get(HUGE_PAGES_ENV, "0") not in ("", "0")
+    try:
+        with open(system_setting) as handle:
+            text = handle.read()
+        mode = text[text.index("[") + 1 : text.index("]")]
+    except (OSError, ValueError):
+        return False, "not available on this system (Linux transparent huge pages only)"
+    if mode == "always":
+        return True, f"on (the system gives them to all large memory: {system_setting}: always)"
+    if not requested:
+        return False, f"off: {HUGE_PAGES_ENV} is not 1 (the system allows them: {mode})"
+    if mode == "never":
+        return False, f"requested, but the system has them off ({system_setting}: never)"
+    return True, f"on ({HUGE_PAGES_ENV}=1, system: {mode})"
