@@ -78,3 +78,13 @@ def test_unexpected_errors_never_show_a_traceback(failing_commands, capsys):
 def test_a_full_disk_is_one_clear_line(failing_commands, capsys):
     code, _, err = _run(["disk-full"], capsys)
     assert code == 1 and err.strip() == "Error: No space left on device (/tmp/out.png)"
+
+
+@pytest.mark.parametrize("command", [[], ["plugins"], ["transfer"], ["extract"], ["evaluate"], ["bench"]])
+def test_help_shows_flags_without_a_type(capsys, command):
+    # Typer 0.29 prints "<bool>" beside every flag, which reads as if the flag took a value.
+    code, out, _ = _run([*command, "--help"], capsys)
+    assert code == 0 and "--help" in out
+    assert "<bool>" not in out
+    if command:
+        assert "<int>" in out or "<float>" in out or "--json" in out  # options keep their types

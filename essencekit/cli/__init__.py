@@ -81,8 +81,24 @@ def build_app() -> typer.Typer:
     return app
 
 
+def hide_flag_types(command) -> None:
+    """Show flags without a type in ``--help`` (Typer 0.29 prints ``<bool>`` beside each, though
+    a flag takes no value), in ``command`` and every subcommand, the help option included."""
+    for sub in getattr(command, "commands", {}).values():
+        hide_flag_types(sub)
+    params = list(getattr(command, "params", []))
+    try:  # the help option is made on demand; a Typer without it just keeps its type column
+        params.append(command.get_help_option(command.context_class(command, help_option_names=["-h", "--help"])))
+    except Exception:  # noqa: BLE001 - cosmetic only, never worth failing the command for
+        pass
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""
+
+
 def _run(args: list[str] | None) -> int:
     command = typer.main.get_command(build_app())
+    hide_flag_types(command)
     try:
         result = command.main(args=args, prog_name="essencekit", standalone_mode=False)
     except _EXITS as exit_:
