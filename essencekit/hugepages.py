@@ -28,12 +28,18 @@ def request_huge_pages() -> None:
     os.environ.setdefault(HUGE_PAGES_ENV, "1")
 
 
+def huge_pages_requested() -> bool:
+    """Whether torch will madvise its large CPU blocks: it honours exactly ``1`` (it warns
+    about and ignores anything but ``0`` and ``1``)."""
+    return os.environ.get(HUGE_PAGES_ENV, "").strip() == "1"
+
+
 SYSTEM_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 def huge_pages_status(system_setting: str = SYSTEM_SETTING) -> tuple[bool, str]:
     """Whether torch's large CPU tensors get huge pages in this process, and a one-line why."""
-    requested = os.environ.get(HUGE_PAGES_ENV, "0") not in ("", "0")
+    requested = huge_pages_requested()
     try:
         with open(system_setting) as handle:
             text = handle.read()
@@ -43,7 +49,8 @@ def huge_pages_status(system_setting: str = SYSTEM_SETTING) -> tuple[bool, str]:
     if mode == "always":
         return True, f"on (the system gives them to all large memory: {system_setting}: always)"
     if not requested:
-        return False, f"off: {HUGE_PAGES_ENV} is not 1 (the system allows them: {mode})"
+        value = os.environ.get(HUGE_PAGES_ENV)
+        return False, f"off: {HUGE_PAGES_ENV} is {value!r}, not '1' (the system allows them: {mode})"
     if mode == "never":
         return False, f"requested, but the system has them off ({system_setting}: never)"
     return True, f"on ({HUGE_PAGES_ENV}=1, system: {mode})"

@@ -16,6 +16,7 @@ from rich.console import Console
 
 import essencekit
 from essencekit.backends import Backend
+from essencekit.hugepages import huge_pages_status
 from essencekit.bench import report as reporting
 from essencekit.bench import suite
 from essencekit.cli import main
@@ -39,6 +40,7 @@ def test_the_whole_suite_in_process(tiny_clip_plugin, tmp_path):
     machine = report["machine"]
     assert machine["backend"] == "cpu" and machine["torch"] == torch.__version__ and machine["cpu"]
     assert machine["logical_cores"] >= 1 and machine["memory_total_bytes"] > 0 and "gpus" in machine
+    assert machine["huge_pages"] == huge_pages_status()[1]
     assert report["settings"].items() >= {"size": 16, "repeats": 2, "max_channels": 8, "weights": "random"}.items()
     for row in report["results"]:
         assert "error" not in row, row

@@ -356,7 +356,9 @@ def test_huge_pages_can_be_turned_off():
     [
         ("always [madvise] never\n", "1", True, "on (THP_MEM_ALLOC_ENABLE=1, system: madvise)"),
         ("always madvise [never]\n", "1", False, "the system has them off"),
-        ("always [madvise] never\n", "0", False, "off: THP_MEM_ALLOC_ENABLE is not 1"),
+        ("always [madvise] never\n", "0", False, "off: THP_MEM_ALLOC_ENABLE is '0', not '1'"),
+        # torch warns about and ignores anything but 0 and 1
+        ("always [madvise] never\n", "true", False, "off: THP_MEM_ALLOC_ENABLE is 'true'"),
         ("[always] madvise never\n", "0", True, "all large memory"),
         (None, "1", False, "not available on this system"),
     ],

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..hugepages import HUGE_PAGES_ENV
+from ..hugepages import huge_pages_requested
 from . import measure
 from .report import (
     SECTION, add_common_arguments, command_line, fmt, gib_cell, int_list, markdown, names, peak_label, print_lines,
@@ -269,7 +268,7 @@ def measure_cases(spec: dict) -> dict:
         "rss_after_model_bytes": rss_model,
         "torch_threads": torch.get_num_threads(),
         # as torch read it at its first allocation in this process
-        "huge_pages": os.environ.get(HUGE_PAGES_ENV, "0") not in ("", "0"),
+        "huge_pages": huge_pages_requested(),
         "cases": cases,
     }
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..hugepages import HUGE_PAGES_ENV
+from ..hugepages import HUGE_PAGES_ENV, huge_pages_status
 
 # A reference loop's worker process uses torch's CPU allocator as the reference implementation
 # does: without the transparent huge pages that importing essencekit asks for.
@@ -269,6 +269,8 @@ def machine_info(backend=None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpus": gpu_names(),
+        # the CPU figures depend on it (docs/performance.md); workers inherit this process's setting
+        "huge_pages": huge_pages_status()[1],
     }
     if backend is not None:
         device = backend.device
@@ -304,6 +306,8 @@ def describe_machine(info: dict) -> list[str]:
         + (f"; load average {load[0]:.2f}" if load else ""),
         f"Software: torch {info['torch']}, Python {info['python']}, {info['os']}",
     ]
+    if info.get("huge_pages"):
+        lines.append(f"Huge pages: {info['huge_pages']}")
     if info.get("gpus"):
         lines.append(f"GPU: {', '.join(info['gpus'])}")
     if "backend" in info:

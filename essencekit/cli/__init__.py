@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "essencekit.cli.evaluate_cmd",
 )
 
+HELP_OPTION_NAMES = ["-h", "--help"]
+
 HELP = """Image-based CLIP-guided essence transfer (TargetCLIP) for StyleGAN2 faces.
 
 Start with `essencekit pull-weights`, then `essencekit extract TARGET.jpg -o my.pt`
@@ -48,7 +50,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         pretty_exceptions_show_locals=False,
         add_completion=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        context_settings={"help_option_names": HELP_OPTION_NAMES},
     )
 
     def _print_version(value: bool):
@@ -88,7 +90,7 @@ def hide_flag_types(command) -> None:
         hide_flag_types(sub)
     params = list(getattr(command, "params", []))
     try:  # the help option is made on demand; a Typer without it just keeps its type column
-        params.append(command.get_help_option(command.context_class(command, help_option_names=["-h", "--help"])))
+        params.append(command.get_help_option(command.context_class(command, help_option_names=HELP_OPTION_NAMES)))
     except Exception:  # noqa: BLE001 - cosmetic only, never worth failing the command for
         pass
     for param in params:
