@@ -15,8 +15,11 @@ from .hugepages import request_huge_pages
 
 request_huge_pages()
 
+# None of these import torch: `essencekit --help` and `essencekit plugins` never need it
+# (benchmarks/startup.py; tests/test_startup.py keeps it so)
 from .aligners import Aligner, FaceLandmarks
 from .backends import Backend, select_backend
+from .clip_variant import ClipVariant
 from .errors import EssencekitError
 from .hookspecs import hookimpl
 from .weights import WeightArtifact
@@ -48,7 +51,6 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ClipVariant": ("essencekit.clip", "ClipVariant"),
     "extract": ("essencekit.extract.api", "extract"),
     "load_essence": ("essencekit.essence", "load_essence"),
     "load_clip": ("essencekit.api", "load_clip"),
@@ -62,7 +64,7 @@ _LAZY = {
 
 
 def __getattr__(name):
-    # open_clip and the model code load only when used, so `essencekit --help` stays quick
+    # torch, open_clip and the model code load only when used, so `essencekit --help` stays quick
     if name in _LAZY:
         import importlib
 

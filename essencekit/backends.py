@@ -9,10 +9,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import EssencekitError
+
+if TYPE_CHECKING:  # torch loads only when a tensor is made: listing backends stays quick
+    import torch
 
 ENV_BACKEND = "ESSENCEKIT_BACKEND"
 
@@ -42,6 +44,8 @@ class Backend(abc.ABC):
     @property
     def autocast_dtype(self) -> torch.dtype:
         """The reduced precision for autocast regions; ``torch.float32`` means none."""
+        import torch
+
         return torch.float32
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -52,6 +56,8 @@ class Backend(abc.ABC):
 
     def autocast(self):
         """A context manager running its block in ``autocast_dtype`` (a no-op for fp32)."""
+        import torch
+
         if self.autocast_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -116,6 +122,8 @@ def resolve_backend(device: str | torch.device | Backend | None) -> Backend:
         return device
     if device is None:
         return select_backend()
+    import torch
+
     torch_device = torch.device(device) if not isinstance(device, torch.device) else device
     backend = select_backend(torch_device.type)
     if torch_device.index is not None and backend.device != torch_device:

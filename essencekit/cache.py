@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import EssencekitError
+from .urls import redact_url
 from .weights import WeightArtifact
 
 ENV_HOME = "ESSENCEKIT_HOME"
@@ -260,7 +261,7 @@ class CacheRecord:
     ready_mtime_ns: int
     source_sha256: str  # sha256 of the file as published
     source_size: int
-    source: str  # the URL or local file it came from
+    source: str  # the URL (redacted: no password, no query values) or local file it came from
     pinned: str  # "registry" (published checksum) or "first-use" (trust on first use)
     convert: str | None = None
     fetched_at: str = ""
@@ -279,15 +280,22 @@ def read_record(artifact: WeightArtifact | str) -> CacheRecord | None:
         record = CacheRecord(**{k: data[k] for k in CacheRecord.__dataclass_fields__ if k in data})
     except TypeError:
         return None
+    if isinstance(record.source, str):  # a record written before URLs were redacted
+        record.source = _redact_source(record.source)
     if not isinstance(record.ready, str) or not record.ready or "/" in record.ready or "\\" in record.ready \
             or record.ready.startswith("."):
         return None  # a record must name a file inside the artifact's own folder
     return record
 
 
+def _redact_source(source: str) -> str:
+    return redact_url(source) if "://" in source else source
+
+
 def write_record(record: CacheRecord) -> None:
     if not record.fetched_at:
         record.fetched_at = _now()
+    record.source = _redact_source(record.source)
     write_json_atomic(artifact_dir(record.name) / RECORD_FILE, asdict(record))
 
 
@@ -307,7 +315,7 @@ def read_pin(artifact: WeightArtifact | str) -> dict | None:
 def write_pin(artifact: WeightArtifact, sha256: str, size: int, source: str) -> None:
     write_json_atomic(
         artifact_dir(artifact) / PIN_FILE,
-        {"name": artifact.name, "sha256": sha256, "size": size, "source": source, "pinned_at": _now()},
+        {"name": artifact.name, "sha256": sha256, "size": size, "source": _redact_source(source), "pinned_at": _now()},
     )
 
 

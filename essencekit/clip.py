@@ -17,84 +17,24 @@ the reference's "nearest x7, then average-pool by S/32" without building the 7x 
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+# the variant is plain data, in its own torch-free module (registering variants must not
+# import torch); re-exported here, where plugins have always imported it from
+from .clip_variant import OPENAI_MEAN, OPENAI_STD, ClipVariant  # noqa: F401
 from .errors import EssencekitError
 
 INPUT_MODES = ("raw", "standard")
 
-# OpenAI's CLIP normalisation (also open_clip.OPENAI_DATASET_MEAN/STD)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
 # keys OpenAI's archives carry as metadata tensors; they are not weights of any module
 _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-@dataclass(frozen=True)
-class ClipVariant:
-    """A CLIP model that ``register_clip_models`` plugins register.
-
-    ``open_clip_config`` is the keyword arguments of ``open_clip.model.CLIP`` (``embed_dim``,
-    ``vision_cfg``, ``text_cfg``, ``quick_gelu``), exactly as open_clip's JSON model configs
-    hold them; OpenAI weights need ``quick_gelu=True``. ``weights`` names the registered
-    weight artifact whose file is an open_clip-layout state dict for that config. ``mean`` and
-    ``std`` are the normalisation of the ``standard`` input mode; ``image_size`` is CLIP's
-    input size.
-    """
-
-    name: str
-    open_clip_config: dict = field(hash=False)
-    weights: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: int = 224
-    description: str = ""
-
-    def __post_init__(self):
-        problems = []
-        config = self.open_clip_config
-        if not isinstance(config, dict):
-            problems.append("open_clip_config must be a dict of open_clip.model.CLIP arguments")
-        else:
-            # a private copy: a caller mutating its dict must not change a registered variant
-            config = copy.deepcopy(config)
-            object.__setattr__(self, "open_clip_config", config)
-            if not isinstance(config.get("embed_dim"), int):
-                problems.append("open_clip_config needs an integer embed_dim")
-            vision = config.get("vision_cfg")
-            if not isinstance(vision, dict):
-                problems.append("open_clip_config needs a vision_cfg dict")
-            elif vision.get("image_size", 224) != self.image_size:
-                problems.append(f"vision_cfg image_size {vision.get('image_size')} != image_size {self.image_size}")
-            if not isinstance(config.get("text_cfg"), dict):
-                problems.append("open_clip_config needs a text_cfg dict (the weights file holds both towers)")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if len(self.mean) != 3 or len(self.std) != 3:
-            problems.append("mean and std need 3 values (R, G, B)")
-        elif min(self.std) <= 0:
-            problems.append("std values must be positive")
-        if not isinstance(self.image_size, int) or self.image_size <= 0:
-            problems.append("image_size must be a positive integer")
-        if not self.weights:
-            problems.append("weights must name a weight artifact")
-        if problems:
-            raise EssencekitError(f"invalid CLIP variant {self.name!r}: " + "; ".join(problems))
-
-    @property
-    def embed_dim(self) -> int:
-        """The size of the image embedding."""
-        return self.open_clip_config["embed_dim"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,20 +260,19 @@ def to_rgb(image) -> "PIL.Image.Image":  # noqa: F821
 
 
 def _open_image(source) -> "PIL.Image.Image":  # noqa: F821
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        # the photo reader every command uses: EXIF orientation, the pixel limit, HEIC, and
+        # one-line errors that name the file
+        from .images import read_image
+
         try:
-            with Image.open(path) as image:
-                image.load()
-                return image
-        except FileNotFoundError:
-            raise EssencekitError(f"target image not found: {path}") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise EssencekitError(f"cannot read target image {path}: {str(error)[:200]}") from None
+            return read_image(source)
+        except EssencekitError as error:
+            raise EssencekitError(f"cannot read the target image: {error}") from None
     raise TypeError(f"encode_target needs a PIL image or an image path, got {type(source).__name__}")
 
 
@@ -397,13 +336,19 @@ class ClipEncoder(nn.Module):
     def extra_repr(self) -> str:
         return f"variant={self.variant.name!r}, input_mode={self.input_mode!r}, generator_size={self.generator_size}"
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32, or float64 after ``.double()`` (rounding-free checks); outputs of half
+        precision autocast come back in this dtype too."""
+        return self.mean.dtype
+
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.visual(pixels).float()
+        return self.visual(pixels).to(self.dtype)
 
     def encode_generated(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_generated needs [B, 3, S, S] images, got shape {tuple(images.shape)}")
-        pixels = clip_resize(images.to(device=self.device, dtype=torch.float32), self.image_size)
+        pixels = clip_resize(images.to(device=self.device, dtype=self.dtype), self.image_size)
         if self.input_mode == "standard":
             pixels = ((pixels + 1.0) / 2.0 - self.mean) / self.std
         return self._embed(pixels)

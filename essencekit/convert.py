@@ -290,6 +290,10 @@ def convert_artifact(artifact: WeightArtifact, source: Path, target: Path, *, me
     ``source`` itself when nothing needed converting)."""
     if artifact.convert is None:
         return source
+    if metadata.get("source_url"):  # the converted file gets shared: no mirror's password in it
+        from .urls import redact_url
+
+        metadata = {**metadata, "source_url": redact_url(str(metadata["source_url"]))}
     if artifact.convert == "open-clip-safetensors":
         try:
             check_download(artifact, source)

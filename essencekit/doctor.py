@@ -14,6 +14,13 @@ OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
 # weights that the main commands need; missing ones are worth a warning, not an error
 ESSENTIAL_GROUP = "faces"
 
+# The main job, the quick start's: doctor exits 1 unless it can run. Transfer inverts each face
+# with e4e and decodes with the generator embedded in the same checkpoint (no stylegan2-ffhq),
+# finds faces with an aligner (its model ships in the aligner's package) and loads the
+# published essence: essencekit.transfer.api.Transferrer and transfer.essences.load_term.
+MAIN_JOB = "essencekit transfer photos/ --essence joker"
+MAIN_JOB_WEIGHTS = ("e4e-ffhq", "joker")
+
 
 @dataclass
 class Check:
@@ -77,30 +84,80 @@ def _cache() -> list[Check]:
     root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
-            pass
     except OSError as error:
-        return [Check("cache", "folder", ERROR, f"{root} is not writable ({error.strerror}); set ESSENCEKIT_HOME")]
+        return [Check("cache", "folder", ERROR, f"{root} cannot be created ({error.strerror}); set ESSENCEKIT_HOME")]
+    problem = ""
+    if not os.access(root, os.W_OK):
+        problem = "read-only"
+    else:  # access() trusts the mode bits; some file systems say no only when written to
+        try:
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
+                pass
+        except OSError as error:
+            problem = error.strerror or "not writable"
+    if problem:
+        # a shared, read-only cache serves verified weights fine; the main job's check below
+        # says whether the ones needed are there
+        return [Check(
+            "cache", "folder", WARN,
+            f"{root} is {problem}: its weights can be used, but pull-weights and the W+ cache of transfer "
+            "need a writable folder (set ESSENCEKIT_HOME, or --cache-dir for one pull)",
+        )]
     return [Check("cache", "folder", OK, str(root))]
 
 
-def _weight_check(artifact) -> Check:
+def _weight_check(artifact, *, section: str = "weights", required: bool = False) -> Check:
+    """``artifact``'s state in the cache. ``required``: the main job cannot run without it, so
+    anything but verified is an error (transfer refuses unverified files too)."""
     from .cache import pull_command, usable_state
 
     state = usable_state(artifact)
     if state.state == "verified":
         via = f" (its fallback {state.via})" if state.via else ""
-        return Check("weights", artifact.name, OK, f"verified{via}: {state.path}")
+        return Check(section, artifact.name, OK, f"verified{via}: {state.path}")
     if state.state == "missing":
+        if required:
+            return Check(section, artifact.name, ERROR, f"not downloaded: run {pull_command(artifact)}")
         if artifact.group == ESSENTIAL_GROUP:
-            return Check("weights", artifact.name, WARN, f"not downloaded ({pull_command(artifact)})")
-        return Check("weights", artifact.name, INFO, "not downloaded (optional)")
+            return Check(section, artifact.name, WARN, f"not downloaded ({pull_command(artifact)})")
+        return Check(section, artifact.name, INFO, "not downloaded (optional)")
     if state.state == "unverified":
-        return Check("weights", artifact.name, WARN, f"{state.message}: run {pull_command(artifact)}")
+        return Check(section, artifact.name, ERROR if required else WARN,
+                     f"{state.message}: run {pull_command(artifact)}")
     return Check(
-        "weights", artifact.name, ERROR,
+        section, artifact.name, ERROR,
         f"{state.state}: {state.message}; run {pull_command(artifact, repair=True)}",
     )
+
+
+def _main_job() -> list[Check]:
+    """Can the quick start's transfer run: its weights verified, a face aligner usable. One
+    ``pull-weights`` line at the end fetches every missing weight at once."""
+    from .cache import get_artifact
+    from .errors import EssencekitError
+    from .faces import get_aligner
+
+    section = "main job"
+    checks, missing = [], []
+    for name in MAIN_JOB_WEIGHTS:
+        try:
+            check = _weight_check(get_artifact(name), section=section, required=True)
+        except EssencekitError as error:  # not registered (a plugin took the name, or none has it)
+            check = Check(section, name, ERROR, str(error))
+        if check.detail.startswith("not downloaded"):
+            missing.append(name)
+        checks.append(check)
+    try:
+        aligner = get_aligner()
+        checks.append(Check(section, "face aligner", OK, aligner.name))
+    except EssencekitError as error:
+        checks.append(Check(section, "face aligner", ERROR, str(error)))
+    if all(check.status == OK for check in checks):
+        checks.append(Check(section, MAIN_JOB, OK, "can run"))
+    else:
+        fix = f"; run `essencekit pull-weights {' '.join(missing)}`" if missing else ""
+        checks.append(Check(section, MAIN_JOB, ERROR, f"cannot run (see the lines above){fix}"))
+    return checks
 
 
 def _weights() -> list[Check]:
@@ -134,7 +191,7 @@ def run_checks() -> list[Check]:
     checks: list[Check] = []
     for section, gather in (
         ("environment", _environment), ("backends", _backends), ("cache", _cache),
-        ("weights", _weights), ("plugins", _plugins),
+        ("weights", _weights), ("plugins", _plugins), ("main job", _main_job),
     ):
         try:
             checks += gather()

@@ -7,13 +7,26 @@
   (it ignores ``Range``) restarts the part cleanly.
 * Retries with exponential backoff on timeouts, dropped connections, 5xx, 408 and 429; no
   retry on 401/403/404/410 or any other answer that will not change (next mirror at once).
+  Each retry, and each move to the next mirror after retries, is announced in one line
+  through ``notify`` (stderr by default). A mirror that sends nothing at all until the read timeout gets one
+  more try (``RetryPolicy.stall_retries``), not five: a server that accepts and never answers
+  would otherwise cost minutes per URL. ``ESSENCEKIT_CONNECT_TIMEOUT`` and
+  ``ESSENCEKIT_READ_TIMEOUT`` (seconds) override the policy's timeouts.
+* Never writes more than the file can be: the stream is cut, and the part deleted, as soon as
+  it passes the registered size (or the announced length; for a file of unknown size and
+  length, ``ESSENCEKIT_MAX_DOWNLOAD``, default 20 GB).
+* A resumed part whose sha256 fails is retried once from byte 0 before the mirror is blamed:
+  the bad bytes may be local (a part left by another tool, a disk error).
 * An optional ``check(path)`` looks at the content of a complete, checksum-verified part
   before it is renamed (say, "is this a safetensors file?"); a refusal deletes the part and
   moves on to the next mirror, like a checksum mismatch.
 * Any ``text/html`` answer is "not the file", except a Google Drive confirmation form
   (``id="download-form"``, or the older ``confirm=`` link/cookie), which is followed.
-* ``ESSENCEKIT_OFFLINE=1`` forbids every request; a host that cannot be reached at all is not
+* ``ESSENCEKIT_OFFLINE=1`` forbids every request, ``HF_HUB_OFFLINE=1`` every request to the
+  Hugging Face Hub (its URLs are skipped); a host that cannot be reached at all is not
   retried, so "no network" is reported at once, in one line.
+* URLs are shown and returned only through :func:`essencekit.urls.redact_url` (no password,
+  no query values); requests use them as given.
 * Ctrl-C leaves only the ``.part`` (for resuming) and re-raises; a full disk removes the part.
 
 :class:`RetryPolicy` (timeouts, attempts, backoff, and the ``sleep`` it uses) is injectable;
@@ -23,12 +36,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import html
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -40,8 +55,16 @@ import requests
 
 from .cache import DiskFullError, write_error
 from .errors import EssencekitError
+from .urls import host_of, redact_in, redact_url
 
 ENV_OFFLINE = "ESSENCEKIT_OFFLINE"
+ENV_HF_OFFLINE = "HF_HUB_OFFLINE"  # huggingface_hub's own switch: users set it once for every tool
+ENV_CONNECT_TIMEOUT = "ESSENCEKIT_CONNECT_TIMEOUT"
+ENV_READ_TIMEOUT = "ESSENCEKIT_READ_TIMEOUT"
+ENV_MAX_DOWNLOAD = "ESSENCEKIT_MAX_DOWNLOAD"
+# the cap for a file whose size nobody states: 15x the largest artifact (e4e, 1.2 GB)
+DEFAULT_MAX_DOWNLOAD = 20_000_000_000
+_HF_HOSTS = ("huggingface.co", "hf.co")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _DRIVE_HOSTS = ("drive.google.com", "drive.usercontent.google.com", "docs.google.com")
 _HTML_SNIFF = 512 * 1024
@@ -49,15 +72,21 @@ _HTML_SNIFF = 512 * 1024
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try one mirror. ``sleep`` is injectable so tests run without waiting."""
+    """How hard to try one mirror. ``sleep`` is injectable so tests run without waiting.
+
+    ``read_timeout`` is the longest silence tolerated while waiting for an answer or for the
+    next bytes. ``stall_retries``: how many more tries a mirror gets after an attempt that
+    timed out without a single byte of the file (then the next mirror is tried); timeouts
+    after some progress are retried up to ``attempts`` like any transient failure."""
 
     attempts: int = 5
     backoff: float = 1.0
     factor: float = 2.0
     max_backoff: float = 30.0
     connect_timeout: float = 15.0
-    read_timeout: float = 60.0
+    read_timeout: float = 30.0
     chunk_size: int = 1 << 20
+    stall_retries: int = 1
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
     def delay(self, retry: int) -> float:
@@ -66,6 +95,57 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+
+
+def _env_seconds(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise EssencekitError(
+            f"{name}={value!r} is not a number of seconds: set it to a positive number such as 30, or unset it"
+        )
+    return seconds
+
+
+def env_policy(policy: RetryPolicy | None = None) -> RetryPolicy:
+    """``policy`` (default :data:`DEFAULT_POLICY`) with the timeouts that
+    ``ESSENCEKIT_CONNECT_TIMEOUT`` and ``ESSENCEKIT_READ_TIMEOUT`` set; the environment wins,
+    since it is how a person tunes a run. An invalid value raises one :class:`EssencekitError`."""
+    policy = policy or DEFAULT_POLICY
+    connect, read = _env_seconds(ENV_CONNECT_TIMEOUT), _env_seconds(ENV_READ_TIMEOUT)
+    changes = {k: v for k, v in (("connect_timeout", connect), ("read_timeout", read)) if v is not None}
+    return dataclasses.replace(policy, **changes) if changes else policy
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12}
+
+
+def max_download() -> int:
+    """The most bytes accepted for a file whose size is neither registered nor announced:
+    ``ESSENCEKIT_MAX_DOWNLOAD`` (bytes, or with a unit: ``500MB``, ``40GB``), default 20 GB."""
+    value = os.environ.get(ENV_MAX_DOWNLOAD, "").strip()
+    if not value:
+        return DEFAULT_MAX_DOWNLOAD
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)", value)
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if unit is None or float(match.group(1)) * unit < 1:
+        raise EssencekitError(
+            f"{ENV_MAX_DOWNLOAD}={value!r} is not a size: set it to bytes or a size such as 40GB, or unset it"
+        )
+    return int(float(match.group(1)) * unit)
+
+
+def check_environment() -> None:
+    """Raise the one-line error for an invalid download setting in the environment, before
+    anything is fetched (so a run reports it once, not once per artifact)."""
+    env_policy()
+    max_download()
 
 
 class DownloadError(EssencekitError):
@@ -94,6 +174,22 @@ def offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def hf_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` forbids requests to the Hugging Face Hub (the values
+    huggingface_hub itself takes as true)."""
+    return os.environ.get(ENV_HF_OFFLINE, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def on_hf_hub(url: str) -> bool:
+    """Whether ``url`` is on the Hugging Face Hub (``huggingface.co``, ``hf.co`` and their
+    subdomains)."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    return any(host == h or host.endswith("." + h) for h in _HF_HOSTS)
+
+
 class Progress:
     """What the engine reports while it works; the default does nothing. The command line
     plugs a Rich progress bar in here."""
@@ -110,6 +206,9 @@ class Progress:
 
 @dataclass
 class DownloadResult:
+    """``url`` is the mirror that served the file, redacted (:func:`essencekit.urls.redact_url`):
+    safe to show and to store."""
+
     path: Path
     sha256: str
     size: int
@@ -128,19 +227,22 @@ def user_agent() -> str:
 class _MirrorFailed(Exception):
     """This mirror will not give us the file; try the next one."""
 
-    def __init__(self, reason: str, *, unreachable: bool = False):
+    def __init__(self, reason: str, *, unreachable: bool = False, retried: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.unreachable = unreachable
+        self.retried = retried  # time was spent on it: say so before moving on
 
 
 class _Retry(Exception):
-    """A transient failure: wait and try the same mirror again (resuming the part)."""
+    """A transient failure: wait and try the same mirror again (resuming the part).
+    ``stalled``: the attempt timed out without receiving a single byte of the file."""
 
-    def __init__(self, reason: str, *, wait: float | None = None):
+    def __init__(self, reason: str, *, wait: float | None = None, stalled: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.wait = wait
+        self.stalled = stalled
 
 
 class _Restart(Exception):
@@ -148,9 +250,9 @@ class _Restart(Exception):
 
 
 def _short(url: str) -> str:
-    parts = urlsplit(url)
+    parts = urlsplit(redact_url(url))
     path = parts.path if len(parts.path) <= 60 else parts.path[:28] + "..." + parts.path[-28:]
-    return f"{parts.netloc}{path}"
+    return f"{host_of(url)}{path}"
 
 
 def _is_unreachable(error: requests.exceptions.ConnectionError) -> str | None:
@@ -274,8 +376,11 @@ def _finalize(part: Path, dest: Path) -> None:
 class _Downloader:
     def __init__(self, dest: Path, sha256: str | None, size: int | None, label: str,
                  progress: Progress, policy: RetryPolicy, session: requests.Session,
-                 check: Callable[[Path], None] | None = None):
+                 check: Callable[[Path], None] | None = None, notify: Callable[[str], None] | None = None,
+                 cap: int = DEFAULT_MAX_DOWNLOAD):
         self.check = check
+        self.notify = notify or _stderr
+        self.cap = cap
         self.dest = dest
         self.part = dest.with_name(dest.name + ".part")
         self.sha256 = sha256
@@ -289,6 +394,7 @@ class _Downloader:
     def mirror(self, url: str) -> DownloadResult:
         retries = 0
         restarts = 0
+        stalls = 0
         while True:
             try:
                 return self.attempt(url)
@@ -299,11 +405,19 @@ class _Downloader:
                     raise _MirrorFailed("cannot resume or restart the transfer") from None
             except _Retry as retry:
                 retries += 1
+                stalls = stalls + 1 if retry.stalled else 0
                 if retries >= self.policy.attempts:
-                    raise _MirrorFailed(f"{retry.reason} (gave up after {retries} tries)") from None
+                    raise _MirrorFailed(f"{retry.reason} (gave up after {retries} tries)", retried=True) from None
+                if retry.stalled and stalls > self.policy.stall_retries:
+                    # silent twice in a row: a dead server, not a slow one; other mirrors may answer
+                    raise _MirrorFailed(f"{retry.reason} (gave up after {stalls} silent tries)", retried=True) from None
                 delay = self.policy.delay(retries)
                 if retry.wait is not None:
                     delay = min(self.policy.max_backoff, max(delay, retry.wait))
+                self.notify(
+                    f"{self.label}: {_short(url)} {retry.reason}; retrying in {delay:g} s "
+                    f"(attempt {retries + 1}/{self.policy.attempts})"
+                )
                 self.policy.sleep(delay)
 
     # one request -----------------------------------------------------------------------
@@ -313,19 +427,21 @@ class _Downloader:
                 url, headers=headers, stream=True, allow_redirects=True,
                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
             )
+        except requests.exceptions.ConnectTimeout:
+            raise _Retry(f"timed out: no connection within {self.policy.connect_timeout:g} s", stalled=True) from None
         except requests.exceptions.Timeout:
-            raise _Retry("timed out") from None
+            raise _Retry(f"timed out: no answer within {self.policy.read_timeout:g} s", stalled=True) from None
         except requests.exceptions.SSLError as error:
-            raise _MirrorFailed(f"TLS error ({_first_line(error)})") from None
+            raise _MirrorFailed(f"TLS error ({_first_line(error, url)})") from None
         except requests.exceptions.ConnectionError as error:
             unreachable = _is_unreachable(error)
             if unreachable:
                 raise _MirrorFailed(unreachable, unreachable=True) from None
             raise _Retry("connection reset") from None
         except requests.exceptions.InvalidURL as error:
-            raise _MirrorFailed(f"invalid URL ({_first_line(error)})") from None
+            raise _MirrorFailed(f"invalid URL ({_first_line(error, url)})") from None
         except requests.exceptions.RequestException as error:
-            raise _MirrorFailed(_first_line(error)) from None
+            raise _MirrorFailed(_first_line(error, url)) from None
 
     def attempt(self, url: str) -> DownloadResult:
         existing = _part_size(self.part)
@@ -338,7 +454,7 @@ class _Downloader:
             if self.sha256 is None or digest == self.sha256:
                 self._check_content()
                 _finalize(self.part, self.dest)
-                return DownloadResult(self.dest, digest, existing, url)
+                return DownloadResult(self.dest, digest, existing, redact_url(url))
             _remove(self.part)
             existing = 0
 
@@ -393,8 +509,13 @@ class _Downloader:
             total = length
         if self.size is not None and total is not None and total != self.size:
             raise _MirrorFailed(f"serves {total:,} bytes, expected {self.size:,}: not the same file")
+        if self.size is None and total is not None and total > self.cap:
+            raise _MirrorFailed(f"announces {_mb(total)}, more than the {_mb(self.cap)} allowed for a file of "
+                                f"unknown size (raise {ENV_MAX_DOWNLOAD} if it is right)")
 
         expected_total = total if total is not None else self.size
+        # the stream is cut here: a server that sends no length could otherwise fill the disk
+        limit = expected_total if expected_total is not None else self.cap
         if expected_total is not None:
             try:
                 free = shutil.disk_usage(self.part.parent).free
@@ -424,6 +545,8 @@ class _Downloader:
                     for chunk in response.iter_content(chunk_size=self.policy.chunk_size):
                         if not chunk:
                             continue
+                        if received + len(chunk) > limit:
+                            raise _TooLong(received + len(chunk))
                         try:
                             handle.write(chunk)
                         except OSError as error:
@@ -437,8 +560,22 @@ class _Downloader:
                     raise failed.error from None
                 except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                         requests.exceptions.Timeout, ConnectionError) as error:
-                    kind = "timed out" if "timed out" in str(error).lower() else "connection dropped"
-                    raise _Retry(f"{kind} after {received:,} bytes") from None
+                    if "timed out" not in str(error).lower():
+                        raise _Retry(f"connection dropped after {received:,} bytes") from None
+                    if received == existing:  # the headers came, then silence
+                        raise _Retry(f"timed out: sent nothing for {self.policy.read_timeout:g} s",
+                                     stalled=True) from None
+                    raise _Retry(f"timed out: sent nothing for {self.policy.read_timeout:g} s after "
+                                 f"{received:,} bytes") from None
+        except _TooLong as too_long:
+            _remove(self.part)
+            if self.size is not None or total is not None:
+                what = f"{self.size or total:,} bytes expected"
+            else:
+                what = (f"the {_mb(self.cap)} allowed for a file of unknown size; raise {ENV_MAX_DOWNLOAD} "
+                        "if it is right")
+            raise _MirrorFailed(f"sent more than the file can be ({too_long.received:,} bytes, {what}); "
+                                "stopped and deleted") from None
         except OSError as error:
             # a full disk or a vanished folder while writing: never leave a half file behind
             handle_error = write_error(error, self.part)
@@ -454,6 +591,12 @@ class _Downloader:
             _remove(self.part)
             raise _MirrorFailed(f"sent {received:,} bytes, expected {self.size or total:,}")
         digest = hasher.hexdigest()
+        if self.sha256 is not None and digest != self.sha256 and existing:
+            # the bytes kept from an earlier run may be the bad ones (another tool, a disk
+            # error): only a whole fresh copy can blame the mirror
+            self.notify(f"{self.label}: the resumed download fails its sha256 check; the kept part may be "
+                        f"damaged, so it is deleted and {_short(url)} is asked again from byte 0")
+            raise _Restart()
         if self.sha256 is not None and digest != self.sha256:
             _remove(self.part)
             raise _MirrorFailed(
@@ -462,7 +605,7 @@ class _Downloader:
             )
         self._check_content()
         _finalize(self.part, self.dest)
-        return DownloadResult(self.dest, digest, received, url)
+        return DownloadResult(self.dest, digest, received, redact_url(url))
 
     def _check_content(self) -> None:
         if self.check is None:
@@ -474,15 +617,28 @@ class _Downloader:
             raise _MirrorFailed(f"served a file that is {error} (deleted)") from None
 
 
+class _TooLong(Exception):
+    def __init__(self, received: int):
+        super().__init__(received)
+        self.received = received
+
+
 class _WriteFailed(Exception):
     def __init__(self, error: OSError):
         super().__init__(str(error))
         self.error = error
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, url: str | None = None) -> str:
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if url is not None:  # libraries quote the URL they were given, secrets included
+        text = redact_in(text, url)
     return text[:200]
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def _mb(n: int) -> str:
@@ -510,6 +666,7 @@ def download(
     session: requests.Session | None = None,
     hint: str = "",
     check: Callable[[Path], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> DownloadResult:
     """Fetch ``dest`` from the first of ``urls`` that serves the right bytes.
 
@@ -518,7 +675,11 @@ def download(
     ``check(part)``, when given, vets the content of a complete, verified part before it is
     renamed; an :class:`EssencekitError` from it counts as "this mirror served the wrong file".
     ``dest`` appears only once verified; ``dest + ".part"`` holds an unfinished transfer and is
-    resumed next time. Raises :class:`OfflineError` when ``ESSENCEKIT_OFFLINE`` is set,
+    resumed next time. ``notify(line)`` (default: stderr) is told of each retry, and of each
+    move to the next mirror after retries. The policy's timeouts give way to
+    ``ESSENCEKIT_CONNECT_TIMEOUT`` and ``ESSENCEKIT_READ_TIMEOUT``. Hugging Face Hub URLs are
+    skipped while ``HF_HUB_OFFLINE`` is set. Raises :class:`OfflineError` when
+    ``ESSENCEKIT_OFFLINE`` is set (or ``HF_HUB_OFFLINE`` and every URL is on the Hub),
     :class:`NoNetworkError` when no host answered, :class:`DownloadError` when every mirror
     failed (one reason per mirror; ``hint`` is appended), and the cache's one-line errors for a
     full disk or an unwritable folder. ``KeyboardInterrupt`` propagates, leaving the part.
@@ -529,31 +690,52 @@ def download(
         raise OfflineError(
             f"cannot download {label}: network access is disabled ({ENV_OFFLINE}=1){'; ' + hint if hint else ''}"
         )
+    skipped_hf = []
+    if urls and hf_offline():
+        skipped_hf = [u for u in urls if on_hf_hub(u)]
+        urls = [u for u in urls if not on_hf_hub(u)]
+        if not urls:
+            hosts = ", ".join(dict.fromkeys(host_of(u) for u in skipped_hf))
+            raise OfflineError(
+                f"cannot download {label}: it is on the Hugging Face Hub ({hosts}) and {ENV_HF_OFFLINE}=1 forbids "
+                f"requests to the Hub; unset {ENV_HF_OFFLINE} to download it{'; ' + hint if hint else ''}"
+            )
     if not urls:
         raise DownloadError(f"cannot download {label}: no URL is known for it{'; ' + hint if hint else ''}",
                             reasons=["no URL is known for it"], hint=hint)
+    policy = env_policy(policy)
+    cap = max_download()
+    notify = notify or _stderr
     from .cache import ensure_dir
 
     ensure_dir(dest.parent)
     own_session = session is None
     session = session or requests.Session()
-    engine = _Downloader(dest, sha256, size, label, progress or Progress(), policy or DEFAULT_POLICY, session, check)
+    engine = _Downloader(dest, sha256, size, label, progress or Progress(), policy, session, check, notify, cap)
     failures: list[str] = []
     by_host: list[str] = []
     unreachable: list[tuple[str, str]] = []
     try:
-        for url in urls:
+        for index, url in enumerate(urls):
             try:
                 return engine.mirror(url)
             except _MirrorFailed as failed:
                 failures.append(f"{_short(url)}: {failed.reason}")
-                by_host.append(f"{urlsplit(url).netloc}: {failed.reason}")
+                by_host.append(f"{host_of(url)}: {failed.reason}")
                 if failed.unreachable:
-                    unreachable.append((urlsplit(url).netloc, failed.reason))
+                    unreachable.append((host_of(url), failed.reason))
+                elif failed.retried and index + 1 < len(urls):
+                    notify(f"{label}: {_short(url)} failed ({failed.reason}); trying the next mirror, "
+                           f"{_short(urls[index + 1])}")
     finally:
         if own_session:
             session.close()
-    suffix = f"; {hint}" if hint else ""
+    skip_note = ""
+    if skipped_hf:
+        skip_note = f"skipped {', '.join(dict.fromkeys(host_of(u) for u in skipped_hf))} ({ENV_HF_OFFLINE}=1)"
+        failures.append(skip_note)
+        by_host.append(skip_note)
+    suffix = (f"; {skip_note}" if skip_note else "") + (f"; {hint}" if hint else "")
     if len(unreachable) == len(urls):
         hosts = ", ".join(dict.fromkeys(host for host, _ in unreachable))
         reason = unreachable[0][1]
@@ -562,5 +744,6 @@ def download(
             f"or proxy settings{suffix}",
             reasons=[f"cannot reach {hosts} ({reason})"], hint=hint,
         )
+    suffix = f"; {hint}" if hint else ""
     raise DownloadError(f"could not download {label}: " + "; ".join(failures) + suffix, reasons=failures, hint=hint,
                         by_host=by_host)

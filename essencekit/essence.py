@@ -9,11 +9,16 @@ when loading:
 * ``.safetensors``: the same two tensors, and the same str-to-str metadata in the header;
 * ``.npy``: the published TargetCLIP format, one (1, n_latent, style_dim) float32 array
   (read with ``allow_pickle=False``). It carries no metadata.
+
+Whatever the format, a file is refused (one line naming it) when its tensors are not
+floating-point, its values are not finite or far larger than any W+ edit (:data:`MAX_ROW_NORM`),
+or its ``recommended_strength`` is not a number.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,13 @@ from .errors import EssencekitError
 
 FORMAT_VERSION = "1"
 SUFFIXES = (".pt", ".safetensors", ".npy")
+#: The largest norm a row of a direction (and, in ``essencekit transfer``, of the whole edit
+#: strength x weight x direction) may have. The 19 published TargetCLIP essences have row norms
+#: from 0.19 to 4.38 (total norms 6.4 to 13.4), and extraction starts its coefficients at 1, so
+#: its directions have the same scale; 100 is 23 times the largest published row. Anything
+#: beyond it only saturates the generator into noise, so it is refused rather than rendered
+#: (docs/essence-format.md).
+MAX_ROW_NORM = 100.0
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -47,7 +59,7 @@ class Essence:
         direction = torch.as_tensor(self.direction).detach().to("cpu", torch.float32)
         if direction.ndim == 3 and direction.shape[0] == 1:
             direction = direction[0]
-        if direction.ndim != 2:
+        if direction.ndim != 2 or direction.numel() == 0:
             raise EssencekitError(
                 f"an essence direction must have shape [n_latent, style_dim], got {list(direction.shape)}"
             )
@@ -62,6 +74,24 @@ class Essence:
         # plain str copies: a str subclass (torch.__version__ is one) would pickle as an object
         # that weights_only loading refuses
         self.metadata = {str.__str__(k): str.__str__(v) for k, v in self.metadata.items()}
+
+    def validate(self) -> "Essence":
+        """Refuse what no edit can mean: a direction far larger than any W+ offset
+        (:data:`MAX_ROW_NORM`), coefficients or a ``recommended_strength`` that are not finite
+        numbers. Done when a file is read and when an essence is applied, not on construction,
+        so an extraction always keeps what it found."""
+        # in float64: a float32 norm of values near 1e30 overflows to inf and would say nothing
+        rows = self.direction.double().norm(dim=1)
+        if float(rows.max()) > MAX_ROW_NORM:
+            row = int(rows.argmax())
+            raise EssencekitError(
+                f"the essence direction is far too large to be a W+ edit: row {row} has norm {float(rows[row]):.3g}, "
+                f"over {MAX_ROW_NORM:g} (the published essences' rows stay under 4.4)"
+            )
+        if not torch.isfinite(self.coefficients).all():
+            raise EssencekitError("the essence coefficients hold NaN or infinite values")
+        self.recommended_strength  # noqa: B018 - raises for a malformed metadata value
+        return self
 
     @property
     def n_latent(self) -> int:
@@ -79,7 +109,12 @@ class Essence:
     def recommended_strength(self) -> float:
         value = self.metadata.get("recommended_strength")
         if value is not None:
-            return float(value)
+            number = _number(value)
+            if not math.isfinite(number):
+                raise EssencekitError(
+                    f"essence metadata field 'recommended_strength' must be a finite number, got {value!r}"
+                )
+            return number
         return float(self.coefficients.mean()) if self.coefficients.numel() else 1.0
 
     def info(self) -> dict:
@@ -124,7 +159,10 @@ class Essence:
             "shape": json.dumps(list(direction.shape)),
             "recommended_strength": "1.0",
         }
-        return cls(direction, torch.zeros(0), metadata)
+        try:
+            return cls(direction, torch.zeros(0), metadata).validate()
+        except EssencekitError as error:
+            raise EssencekitError(f"{path}: {error}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path`` in the format its extension names, atomically; returns the path."""
@@ -145,6 +183,14 @@ class Essence:
                 with open(tmp, "wb") as handle:
                     np.save(handle, self.direction.numpy()[None])
         return path
+
+
+def _number(text: str) -> float:
+    """``float(text)``, or NaN for anything that is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _sniff(path: Path) -> str:
@@ -189,7 +235,14 @@ def load_essence(path: str | os.PathLike) -> Essence:
     coefficients = tensors.get("coefficients", torch.zeros(0))
     if not isinstance(coefficients, torch.Tensor):
         raise EssencekitError(f"{path} is not an essence file: 'coefficients' is not a tensor")
+    for key, tensor in (("direction", direction), ("coefficients", coefficients)):
+        # as the .npy reader does: integers or booleans are not a direction someone optimised
+        if not tensor.dtype.is_floating_point:
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise EssencekitError(
+                f"{path} is not an essence file: its '{key}' tensor holds {kind} values, not floating-point numbers"
+            )
     try:
-        return Essence(direction, coefficients, metadata)
+        return Essence(direction, coefficients, metadata).validate()
     except EssencekitError as error:
         raise EssencekitError(f"{path}: {error}") from None

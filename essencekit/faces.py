@@ -22,6 +22,7 @@ from PIL import Image, ImageFilter
 
 from .aligners import Aligner, FaceLandmarks
 from .errors import EssencekitError
+from .images import upright
 
 #: The aligner used when none is named and it is available.
 DEFAULT_ALIGNER = "dlib"
@@ -307,8 +308,11 @@ def align_faces(
     min_face: int = DEFAULT_MIN_FACE,
     min_relative_score: float = DEFAULT_MIN_RELATIVE_SCORE,
 ) -> AlignedFaces:
-    """Find the faces in an RGB photo and crop each as FFHQ does.
+    """Find the faces in a photo and crop each as FFHQ does.
 
+    The photo is used upright: an EXIF orientation tag (a PIL image straight from
+    ``Image.open()`` keeps it) is applied first, as :func:`essencekit.images.read_image` does, so
+    landmarks, quads and ``transform.photo_size`` are in the upright photo's coordinates.
     ``which``: ``"largest"`` (at most one face: the largest confident one) or ``"all"``
     (every confident face large enough, largest first). Faces are ranked by the size of their
     FFHQ square, after dropping detections scoring below ``min_relative_score`` times the
@@ -321,8 +325,7 @@ def align_faces(
     if output_size < 8:
         raise ValueError(f"output_size must be at least 8, not {output_size}")
     chosen = get_aligner(aligner)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = _photo_rgb(image)
     detections = list(chosen.detect(image))
 
     best = max((d.score for d in detections), default=0.0)
@@ -360,8 +363,7 @@ def align_faces(
 
 def align_face(image: Image.Image, landmarks: FaceLandmarks, *, output_size: int = 1024) -> AlignedFace:
     """Crop one face from known landmarks (no detection, no size check)."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = _photo_rgb(image)
     quad, qsize = ffhq_quad(landmarks)
     crop, shown = _render(image, quad, qsize, output_size)
     transform = CropTransform(tuple(tuple(float(v) for v in p) for p in shown), output_size, image.size)
@@ -371,8 +373,7 @@ def align_face(image: Image.Image, landmarks: FaceLandmarks, *, output_size: int
 def face_from_aligned_crop(image: Image.Image, *, output_size: int = 1024) -> AlignedFace:
     """Treat an image that is already an FFHQ-aligned crop as one face (``--no-align``): the crop
     is the image resized to ``output_size``, and pasting back covers the whole image."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = _photo_rgb(image)
     w, h = image.size
     crop = image if image.size == (output_size, output_size) else image.resize((output_size, output_size), Image.LANCZOS)
     shown = np.array([[0.0, 0.0], [0.0, h], [w, h], [w, 0.0]])
@@ -398,6 +399,14 @@ def _feather_mask(size: int, feather: float) -> np.ndarray:
     ramp = np.ones(size) if width <= 0 else np.clip((edge - 0.5) / width, 0.0, 1.0)
     ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no visible kink where the fade starts
     return np.outer(ramp, ramp).astype(np.float32)
+
+
+def _photo_rgb(image: Image.Image) -> Image.Image:
+    """The photo as it is meant to be seen, in RGB: a PIL image straight from ``Image.open()``
+    still carries its EXIF orientation tag, which ``read_image`` (the CLI's reader) applies;
+    applying it here too makes the API find the same faces, and paste back into the same frame."""
+    image = upright(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _as_float_rgb(image: Image.Image) -> np.ndarray:
@@ -493,7 +502,8 @@ def paste_back(
     squares are the photo's, bit for bit. ``masks`` (optional, one ``L`` image per face in crop
     space, any size, white = edit) restricts the edit further. Returns a new RGB image."""
     _check_lists(faces, edited_crops)
-    out = np.array(photo.convert("RGB"), dtype=np.uint8)
+    photo = _photo_rgb(photo)
+    out = np.array(photo, dtype=np.uint8)
     for face, edited, mask in zip(faces, edited_crops, _masks(masks, faces)):
         w = _warp_to_photo(face, [_square(edited)], feather, mask, photo.size)
         if w is None:
@@ -520,7 +530,8 @@ def paste_back_difference(
     edit changes nothing, so strength 0 (edit == reconstruction) returns the photo unchanged,
     bit for bit, everywhere."""
     _check_lists(faces, edited_crops, reconstructed_crops)
-    out = np.array(photo.convert("RGB"), dtype=np.uint8)
+    photo = _photo_rgb(photo)
+    out = np.array(photo, dtype=np.uint8)
     for face, edited, recon, mask in zip(faces, edited_crops, reconstructed_crops, _masks(masks, faces)):
         edited_arr = _square(edited)
         recon_arr = _square(recon, edited_arr.shape[0])

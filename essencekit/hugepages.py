@@ -11,8 +11,9 @@ grouped form, fwd+bwd batch 4): 21.2 s without, 14.8 s with, 4.7 GiB peak both w
 
 torch reads its switch, ``THP_MEM_ALLOC_ENABLE``, once, at its first CPU allocation, so
 importing :mod:`essencekit` sets it unless it is already set; it then takes effect when
-essencekit is imported before torch (always true for the ``essencekit`` command; in your own
-script, import essencekit first or set the variable yourself). ``THP_MEM_ALLOC_ENABLE=0``
+essencekit is imported before torch (always true for the ``essencekit`` command, which loads
+torch only once a command makes a tensor, long after; in your own script, import essencekit
+first or set the variable yourself; tests/test_startup.py checks the order). ``THP_MEM_ALLOC_ENABLE=0``
 turns it off. No effect off Linux and on GPU memory.
 """
 

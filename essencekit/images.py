@@ -14,17 +14,77 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import EssencekitError
 
-#: Pillow's own "decompression bomb" error threshold (twice ``Image.MAX_IMAGE_PIXELS``, about
-#: 179 megapixels): above it Pillow refuses to open a file, and so does :func:`read_image`.
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
+#: The largest photo :func:`read_image` decodes unless told otherwise: 50 megapixels. A face photo
+#: needs far less, and this still covers 8K frames (7680x4320, 33 MP) and the full-resolution
+#: output of 48/50 MP phone sensors (8160x6120 = 49.9 MP), while refusing a 12000x12000 PNG that
+#: compresses to 420 kB but decodes to 432 MB of RGB (2.6 GB at peak) before anyone notices.
+#: Pillow's own threshold (about 179 MP) lets such files through.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+#: What HEIC/HEIF (iPhone photos) needs when it cannot be read.
+HEIF_HINT = "pip install pillow-heif"
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
 
 # Pillow's bomb check reads a process-wide setting; it is switched off only while a header is
 # parsed under this lock, and our own limit applies instead.
 _bomb_check_lock = threading.Lock()
+_formats_lock = threading.Lock()
+_formats_registered = False
+_heif_readable = False
+
+
+def register_formats() -> None:
+    """Teach Pillow the formats it does not read by itself (HEIC/HEIF through pillow-heif, when
+    installed). Done once, on first use, so importing essencekit stays cheap."""
+    global _formats_registered, _heif_readable
+    if _formats_registered:
+        return
+    with _formats_lock:
+        if _formats_registered:
+            return
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # optional in practice: without it .heic files are reported, not read
+            pass
+        else:
+            register_heif_opener()
+            _heif_readable = True
+        _formats_registered = True
+
+
+def photo_suffixes() -> frozenset[str]:
+    """Extensions (lower case, with the dot) of every format this Pillow can open, HEIC/HEIF
+    included when pillow-heif is installed."""
+    register_formats()
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def unsupported_reason(path) -> str:
+    """Why a file of this extension is not read as a photo, in a few words for the user."""
+    suffix = Path(path).suffix.lower()
+    register_formats()
+    if suffix in HEIF_SUFFIXES and not _heif_readable:
+        return f"HEIC/HEIF needs pillow-heif: {HEIF_HINT}"
+    return f"{suffix or 'no extension'} is not a format this Pillow reads"
+
+
+def describe_unsupported(paths, *, shown: int = 5) -> str:
+    """One line that says which files were passed over and why, grouped by reason: ``3 files
+    skipped: a.heic, b.heic, c.heic (HEIC/HEIF needs pillow-heif: pip install pillow-heif)``."""
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        groups.setdefault(unsupported_reason(path), []).append(Path(path).name)
+    parts = []
+    for reason, names in groups.items():
+        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+        parts.append(f"{listed} ({reason})")
+    count = sum(len(names) for names in groups.values())
+    return f"{count} file{'s' if count != 1 else ''} skipped: " + "; ".join(parts)
 
 
 class ImageReadError(EssencekitError):
@@ -49,11 +109,52 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
 
     EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and float images are converted
     to RGB; transparency is composited on white; of an animation, the first frame is used.
-    ``path`` is a path or a binary file object. ``max_pixels`` (default: Pillow's error threshold,
-    about 179 megapixels; ``None`` for no limit) refuses larger images before decoding them.
-    Raises :class:`ImageReadError` with a one-line message naming the file.
+    ``path`` is a path or a binary file object. ``max_pixels`` (default
+    :data:`DEFAULT_MAX_PIXELS`, 50 megapixels; ``None`` for no limit) refuses larger images from
+    their header, before decoding them. Raises :class:`ImageReadError` with a one-line message
+    naming the file.
     """
     name = _display(path)
+    handle = _open_file(path, name)
+    try:
+        return _decode(handle, name, path, max_pixels)
+    finally:
+        if handle is not path:
+            handle.close()
+
+
+def check_image_size(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """The ``(width, height)`` of an image file, read from its header only (nothing is decoded).
+
+    Raises the :class:`ImageReadError` :func:`read_image` would for a missing, empty or
+    unidentifiable file, or one over ``max_pixels``; for a cached result whose photo need not be
+    decoded, so the limit holds either way.
+    """
+    name = _display(path)
+    handle = _open_file(path, name)
+    try:
+        # the image is not closed: that would close a file object the caller passed in; a file
+        # we opened is closed below
+        return _open_header(handle, name, path, max_pixels).size
+    finally:
+        if handle is not path:
+            handle.close()
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation tag says (the same image when it has none, or a
+    broken EXIF block: the photo is then used as stored)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF blocks
+            if image.getexif().get(ExifTags.Base.Orientation, 1) in (0, 1):
+                return image  # exif_transpose would copy the whole image for nothing
+            return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not cost the photo
+        return image
+
+
+def _open_file(path, name: str):
     if isinstance(path, (str, os.PathLike)):
         p = Path(path)
         if not p.exists():
@@ -68,16 +169,14 @@ def read_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Im
         if size == 0:
             handle.close()
             raise ImageReadError(path, "empty", f"{name}: the file is empty (0 bytes); re-copy or re-download it")
-    else:
-        handle = path
-    try:
-        return _decode(handle, name, path, max_pixels)
-    finally:
-        if handle is not path:
-            handle.close()
+        return handle
+    return path
 
 
-def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
+def _open_header(handle, name: str, path, max_pixels: int | None) -> Image.Image:
+    """Open ``handle`` lazily (Pillow reads only the header) and check its size against
+    ``max_pixels``: a file claiming too many pixels is refused before any is decoded."""
+    register_formats()
     try:
         with _bomb_check_lock:
             saved = Image.MAX_IMAGE_PIXELS
@@ -89,6 +188,8 @@ def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError as error:
+        if Path(name).suffix.lower() in HEIF_SUFFIXES and not _heif_readable:
+            raise ImageReadError(path, "not-an-image", f"{name}: {unsupported_reason(name)}") from error
         raise ImageReadError(path, "not-an-image", f"{name}: not an image Pillow can read (unknown or unsupported format)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, "truncated", f"{name}: the image header is damaged ({_short(error)}); re-copy or re-export it") from error
@@ -101,8 +202,17 @@ def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
             path,
             "too-large",
             f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:.0f} (a possible decompression bomb); raise it with --max-pixels if you trust the file",
+            f"{_megapixels(max_pixels)} megapixels (a possible decompression bomb); raise it with --max-pixels if you trust the file",
         )
+    return image
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f}" if pixels >= 1e6 else f"{pixels / 1e6:.2g}"
+
+
+def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
+    image = _open_header(handle, name, path, max_pixels)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # a process-wide switch some libraries turn on; it would hand us grey half-images
         raise ImageReadError(path, "unreadable", f"{name}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process; turn it off to read photos safely")
@@ -111,13 +221,7 @@ def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
     except Exception as error:  # Pillow reports damaged data as OSError, SyntaxError, zlib.error, ...
         raise ImageReadError(path, "truncated", f"{name}: truncated or damaged image data ({_short(error)}); re-copy or re-export it") from error
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF blocks
-            image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block must not cost the photo; it is then shown as stored
-        pass
-    return to_rgb(image)
+    return to_rgb(upright(image))
 
 
 def _short(error: BaseException) -> str:

@@ -15,22 +15,27 @@ def _availability(obj) -> tuple[bool, str]:
         return False, f"availability check failed: {type(error).__name__}: {error}"
 
 
-def backends_report() -> list[dict]:
+def backends_report(*, probe: bool = True) -> list[dict]:
+    """Every registered backend. With ``probe`` each is asked whether it works here, and on
+    what device in which precision: that imports torch (and starts CUDA), seconds that
+    ``essencekit plugins`` does not spend; ``essencekit doctor`` probes."""
     rows = []
     for name, backend in registered("backends").items():
-        available, reason = _availability(backend)
         row = {
             "name": name,
             "plugin": owner_of("backends", name),
-            "available": available,
-            "reason": reason,
             "priority": backend.priority,
             "description": backend.description,
+            "modulated_conv": backend.modulated_conv,
         }
+        if not probe:
+            rows.append(row)
+            continue
+        available, reason = _availability(backend)
+        row.update(available=available, reason=reason)
         if available:
             row["device"] = str(backend.device)
             row["autocast_dtype"] = str(backend.autocast_dtype).removeprefix("torch.")
-            row["modulated_conv"] = backend.modulated_conv
         rows.append(row)
     return rows
 
@@ -82,13 +87,14 @@ def aligners_report() -> list[dict]:
 
 
 def plugins_report() -> dict:
-    """Every plugin with its hooks, and every registered object, as JSON-ready data."""
+    """Every plugin with its hooks, and every registered object, as JSON-ready data. Backends
+    are listed, not probed (see :func:`backends_report`)."""
     report = {
         "plugins": [
             {"name": p.name, "builtin": p.builtin, "distribution": p.distribution, "hooks": p.hooks}
             for p in plugins_info()
         ],
-        "backends": backends_report(),
+        "backends": backends_report(probe=False),
         "clip_models": clip_models_report(),
         "weights": weights_report(),
         "aligners": aligners_report(),

@@ -32,7 +32,7 @@ BUILTIN_PLUGINS = (
 # registry name -> (hook name, what the registered object must be, the key to index it by)
 _REGISTRIES = {
     "backends": ("register_backends", "essencekit.backends:Backend"),
-    "clip_models": ("register_clip_models", "essencekit.clip:ClipVariant"),
+    "clip_models": ("register_clip_models", "essencekit.clip_variant:ClipVariant"),
     "weights": ("register_weights", "essencekit.weights:WeightArtifact"),
     "aligners": ("register_aligners", "essencekit.aligners:Aligner"),
 }

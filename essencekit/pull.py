@@ -48,10 +48,12 @@ from .download import (
     NoNetworkError,
     Progress,
     RetryPolicy,
+    check_environment,
     download,
     offline,
 )
 from .errors import EssencekitError
+from .urls import redact_url
 from .weights import WeightArtifact
 
 DEFAULT_GROUP = "faces"
@@ -134,7 +136,7 @@ def check_mirror(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         hint = " (for a local folder use --from DIR)" if not parts.scheme or parts.scheme == "file" else ""
-        raise EssencekitError(f"mirror {url!r} is not an http(s) URL{hint}")
+        raise EssencekitError(f"mirror {redact_url(url)!r} is not an http(s) URL{hint}")
     return url.rstrip("/")
 
 
@@ -446,8 +448,8 @@ def _combined_failure(artifact: WeightArtifact, alt: WeightArtifact, first: Esse
     if isinstance(first, NotInFolder) and isinstance(second, NotInFolder):
         return NotInFolder(
             f"neither {artifact.filename} ({artifact.name}) nor {alt.filename} (its fallback {alt.name}) is in "
-            f"{first.folder}: copy one of them there (from {artifact.urls[0]}, or {alt.urls[0]} saved as "
-            f"{alt.filename})", first.folder,
+            f"{first.folder}: copy one of them there (from {redact_url(artifact.urls[0])}, or "
+            f"{redact_url(alt.urls[0])} saved as {alt.filename})", first.folder,
         )
     if isinstance(first, NotInFolder):
         told = f"{artifact.filename} is not in {first.folder}"
@@ -481,6 +483,11 @@ def _pull_one(
     hint_alt: WeightArtifact | None,
 ) -> PullResult:
     """:func:`pull_artifact` for exactly this artifact (no fallback)."""
+    if not force:
+        # nothing to fetch or write: no lock either, so a read-only shared cache still works
+        state = artifact_state(artifact)
+        if state.state == "verified" and (state.path == raw_path(artifact) or not raw_path(artifact).exists()):
+            return PullResult(artifact.name, "present", state.path, state.record.ready_size, state.record.source)
     ensure_dir(artifact_dir(artifact))
     check = _content_check(artifact)
 
@@ -530,7 +537,7 @@ def _pull_one(
                     save_as = f"; save it as {artifact.filename}" if published != artifact.filename else ""
                     raise NotInFolder(
                         f"{artifact.filename} ({artifact.name}) is not in {folder}: copy it there "
-                        f"(from {artifact.urls[0]}{save_as})", folder,
+                        f"(from {redact_url(artifact.urls[0])}{save_as})", folder,
                     )
                 digest, size = _import_file(artifact, found, raw, expected, progress, link, check)
                 action, source = "imported", str(found.absolute())
@@ -539,7 +546,7 @@ def _pull_one(
                     result = download(
                         mirror_urls(artifact, mirrors), raw, sha256=expected, size=artifact.size,
                         label=artifact.name, progress=progress, policy=policy or DEFAULT_POLICY,
-                        hint=_hint(artifact, hint_alt), check=check,
+                        hint=_hint(artifact, hint_alt), check=check, notify=notify,
                     )
                 except DownloadError as error:
                     if pinned != "first-use" or not any("sha256 mismatch" in r for r in error.reasons):
@@ -565,7 +572,9 @@ def _pull_one(
         target = converted_path(artifact)
         metadata = {
             "artifact": artifact.name,
-            "source_url": source if source.startswith(("http://", "https://")) else (artifact.urls[0] if artifact.urls else ""),
+            # shared with the essence file: never a mirror's password or signed query
+            "source_url": redact_url(source if source.startswith(("http://", "https://"))
+                                     else (artifact.urls[0] if artifact.urls else "")),
             "source_sha256": digest,
             "license": artifact.license,
         }
@@ -644,6 +653,7 @@ def pull(
     :func:`pull_artifact`). ``on_result`` is called as each artifact finishes.
     """
     selected = select(names, all=all)
+    check_environment()  # a bad timeout setting is said once, not once per artifact
     mirrors = list(env_mirrors() if mirrors is None else mirrors)
     for mirror in mirrors:
         check_mirror(mirror)
@@ -720,6 +730,8 @@ def verify(
     artifacts are reported, not fetched (one whose fallback is in the cache says so).
     ``hash_progress`` is told how each re-hash advances."""
     selected = select(names, all=all and not names)
+    if repair:
+        check_environment()
     results = []
     for artifact in selected:
         state = artifact_state(artifact, rehash=True, progress=hash_progress)
@@ -777,7 +789,7 @@ def list_artifacts(names: Sequence[str] = ()) -> list[dict]:
             "license": artifact.license,
             "license_must_accept": artifact.license_must_accept,
             "license_accepted": cache.license_accepted(artifact) if artifact.license_must_accept else None,
-            "urls": list(artifact.urls),
+            "urls": [redact_url(url) for url in artifact.urls],
             "convert": artifact.convert,
             "fallback": artifact.fallback,
             "provided_by": provided_by,

@@ -89,3 +89,10 @@ class WeightArtifact:
     @property
     def pinned(self) -> bool:
         return self.sha256 is not None
+
+
+def license_summary(text: str) -> str:
+    """A licence's name for tables: its text up to the first ``": "`` (the registered texts
+    read "NAME: details"; a URL's ``://`` is no separator), else its first line, whole."""
+    first_line = text.strip().split("\n")[0]
+    return first_line.split(": ", 1)[0].strip()

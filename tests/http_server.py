@@ -68,6 +68,7 @@ class ScriptedServer:
         self.routes: dict[str, Behaviour] = {}
         self.requests: list[Seen] = []
         self.lock = threading.Lock()
+        self.stopping = threading.Event()  # releases handlers that hold a connection open
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
@@ -99,6 +100,7 @@ def serve():
     try:
         yield server
     finally:
+        server.stopping.set()
         server.httpd.shutdown()
         server.httpd.server_close()
 
@@ -199,5 +201,48 @@ def sequence(*behaviours: Behaviour) -> Behaviour:
             index = min(count[0], len(behaviours) - 1)
             count[0] += 1
         behaviours[index](handler)
+
+    return behaviour
+
+
+def endless(*, limit: int = 64 * 1024 * 1024, chunk: int = 64 * 1024) -> Behaviour:
+    """200 without a Content-Length, then bytes until the client hangs up (or ``limit``, so a
+    client that never stops still ends): a broken mirror that streams forever. The bytes
+    written so far are in ``behaviour.sent`` (one count per request)."""
+
+    def behaviour(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        index = len(behaviour.sent)
+        behaviour.sent.append(0)
+        piece = bytes(chunk)
+        try:
+            while behaviour.sent[index] < limit:
+                handler.wfile.write(piece)
+                behaviour.sent[index] += len(piece)
+        except OSError:  # the client hung up: what a good client does
+            pass
+
+    behaviour.sent = []
+    return behaviour
+
+
+def silent(*, announce: int | None = None, longest: float = 30.0) -> Behaviour:
+    """Accept the request and never answer (or, with ``announce``, send the headers of a 200
+    with that Content-Length and then nothing): a hung server. The connection is held until
+    the client gives up, the test ends, or ``longest`` seconds."""
+
+    def behaviour(handler):
+        if announce is not None:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/octet-stream")
+            handler.send_header("Content-Length", str(announce))
+            handler.end_headers()
+            handler.wfile.flush()
+        handler.server.scripted.stopping.wait(longest)
+        handler.close_connection = True
 
     return behaviour

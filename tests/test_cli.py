@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
 import essencekit
@@ -88,3 +93,120 @@ def test_help_shows_flags_without_a_type(capsys, command):
     assert "<bool>" not in out
     if command not in ([], ["plugins"]):  # options that take values keep their types
         assert "<str>" in out or "<int" in out
+
+
+# --------------------------------------------------------------------------- shell completion
+
+
+def test_help_offers_shell_completion(capsys):
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0 and "--install-completion" in out and "--show-completion" in out
+
+
+def test_show_completion_prints_a_script_for_the_shell_in_SHELL(capsys, monkeypatch):
+    # where no parent process is a shell (an IDE, docker exec), $SHELL says which one
+    import shellingham
+
+    def no_shell_among_the_parents(*args, **kwargs):
+        raise shellingham.ShellDetectionFailure()
+
+    monkeypatch.setattr(shellingham, "detect_shell", no_shell_among_the_parents)
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    code, out, err = _run(["--show-completion"], capsys)
+    assert code == 0, err
+    assert "_essencekit_completion()" in out and "_ESSENCEKIT_COMPLETE=complete_bash" in out
+
+
+# --------------------------------------------------------------------------- 80 columns
+
+
+def _help_commands():
+    import typer
+
+    from essencekit.cli import build_app
+
+    command = typer.main.get_command(build_app())
+    return [[]] + [[name] for name in command.commands] + [
+        [name, sub] for name, group in command.commands.items() for sub in getattr(group, "commands", {})
+    ]
+
+
+@pytest.mark.parametrize("command", _help_commands(), ids=lambda c: " ".join(c) or "essencekit")
+def test_help_reads_plainly_at_80_columns(capsys, monkeypatch, command):
+    # no Typer internals (<list[str]>, [[NAME]...]..., {SRC}...), no text cut to "…"
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = _run([*command, "--help"], capsys)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for internal in ("<list[", "[[", "]...]", "…"):
+        assert internal not in out, f"{internal!r} in essencekit {' '.join(command)} --help"
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert "{" not in usage
+
+
+def test_argument_help_names_the_values(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = _run(["pull-weights", "--help"], capsys)
+    assert "Usage: essencekit pull-weights [OPTIONS] [NAME]..." in out
+    _, out, _ = _run(["transfer", "--help"], capsys)
+    assert "Usage: essencekit transfer [OPTIONS] SRC..." in out and "<str>..." in out
+
+
+@pytest.mark.parametrize("args", [["plugins"], ["pull-weights", "--list"]])
+def test_tables_cut_no_cell_at_80_columns(args):
+    # a separate process, so that its consoles take their width from COLUMNS as a terminal's
+    # would; at 80 columns `plugins` shows both layouts: tables, and the weights stacked
+    from essencekit.plugins import registered
+
+    result = subprocess.run([sys.executable, "-m", "essencekit", *args], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    words = [word.rstrip(";") for word in out.split()]  # the stacked layout separates cells by "; "
+    for name in registered("weights"):
+        assert name in words  # whole, on one line
+    # the licences are whole words too ("non-commer…" before)
+    assert words.count("non-commercial") >= 2 and "License-NC," in words
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+_SLOW_WRITER = """
+import sys, time
+import essencekit
+from essencekit import plugins
+from essencekit.atomic import atomic_path
+from essencekit.cli import main
+
+
+class Slow:
+    @essencekit.hookimpl
+    def register_commands(self, app):
+        @app.command("slow-write")
+        def slow_write(path: str):
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"half of it")
+                print("writing", flush=True)
+                time.sleep(60)
+
+
+plugins.register_plugin(Slow(), "slow")
+main(["slow-write", sys.argv[1]])
+"""
+
+
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(tmp_path):
+    target = tmp_path / "out" / "result.bin"
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(target)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "writing\n"
+        assert [p.suffix for p in target.parent.iterdir()] == [".tmp"]  # the write is under way
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    assert err.strip() == "Terminated."
+    assert list(target.parent.iterdir()) == []  # no .tmp left, and no half-written result

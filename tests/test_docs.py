@@ -131,7 +131,12 @@ def test_guide_commands_use_real_commands_and_options():
                     continue
                 name, *args = words[words.index("essencekit") + 1:]
                 assert name in commands, f"docs/{page}: no command `essencekit {name}`"
-                known = {opt for param in commands[name].params for opt in (*param.opts, *param.secondary_opts)}
+                command = commands[name]
+                if hasattr(command, "commands"):  # a group (`essencekit cache list`): its subcommand's options
+                    sub, *args = args
+                    assert sub in command.commands, f"docs/{page}: no command `essencekit {name} {sub}`"
+                    command, name = command.commands[sub], f"{name} {sub}"
+                known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
                 for arg in args:
                     if arg.startswith("-") and not re.fullmatch(r"-[\d.,]+", arg):
                         assert arg.split("=", 1)[0] in known, f"docs/{page}: `essencekit {name}` has no {arg}"

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from http_server import closed_port_url, html, serve, serve_bytes, sequence, sleep_then, status
+import requests
+from http_server import closed_port_url, endless, html, serve, serve_bytes, sequence, silent, sleep_then, status
 
 from essencekit import cache
 from essencekit.download import (
@@ -447,3 +448,212 @@ def test_a_content_check_refusal_deletes_the_part_and_tries_the_next_mirror(serv
     assert "served a file that is not the expected kind of file (deleted)" in str(caught.value)
     assert caught.value.by_host == [f"127.0.0.1:{server.port}: served a file that is not the expected kind of file (deleted)"]
     assert _leftovers(tmp_path) == ["file.bin"]
+
+
+# --------------------------------------------------------------------------- hostile mirrors (issue 11)
+
+
+class MaxProgress(Progress):
+    """Remembers the most bytes the engine said were in the part file."""
+
+    def __init__(self):
+        self.most = 0
+
+    def start(self, label, total, completed=0):
+        self.most = max(self.most, completed)
+
+    def update(self, completed):
+        self.most = max(self.most, completed)
+
+
+def test_a_stream_longer_than_the_registered_size_is_cut_at_once(server, tmp_path, policy):
+    flood = endless(limit=48 * 1024 * 1024)
+    url = server.route("/file.bin", flood)
+    progress = MaxProgress()
+
+    with pytest.raises(DownloadError) as caught:
+        download([url], tmp_path / "file.bin", sha256=SHA, size=len(DATA), label="thing", policy=policy,
+                 progress=progress)
+
+    message = str(caught.value)
+    assert f"127.0.0.1:{server.port}/file.bin: sent more than the file can be" in message
+    assert "300,000 bytes expected" in message and "\n" not in message
+    assert progress.most <= len(DATA)  # never a byte past the registered size on disk
+    assert _leftovers(tmp_path) == []
+    assert flood.sent[0] < 16 * 1024 * 1024  # the server was cut off, not drained (socket buffers aside)
+
+
+def test_unknown_size_is_capped_by_essencekit_max_download(server, tmp_path, policy, monkeypatch):
+    url = server.route("/file.bin", endless(limit=48 * 1024 * 1024))
+    monkeypatch.setenv("ESSENCEKIT_MAX_DOWNLOAD", "1MB")
+    progress = MaxProgress()
+
+    with pytest.raises(DownloadError, match=r"1\.0 MB allowed for a file of unknown size; raise ESSENCEKIT_MAX_DOWN"):
+        download([url], tmp_path / "file.bin", policy=policy, progress=progress)  # no size, no sha256
+    assert progress.most <= 1_000_000 and _leftovers(tmp_path) == []
+
+    monkeypatch.setenv("ESSENCEKIT_MAX_DOWNLOAD", "lots")
+    with pytest.raises(EssencekitError, match=r"^ESSENCEKIT_MAX_DOWNLOAD='lots' is not a size"):
+        download([url], tmp_path / "file.bin", policy=policy)
+
+
+def test_an_announced_length_over_the_cap_is_refused_before_streaming(server, tmp_path, policy, monkeypatch):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    monkeypatch.setenv("ESSENCEKIT_MAX_DOWNLOAD", "100000")
+    with pytest.raises(DownloadError, match="announces 0.3 MB, more than the 0.1 MB allowed"):
+        download([url], tmp_path / "file.bin", policy=policy)
+    assert _leftovers(tmp_path) == []
+
+
+SECRETS = ("s3cret-pw", "tok-123")
+
+
+def test_credentials_and_query_tokens_are_used_but_never_shown(server, tmp_path, policy):
+    server.route("/private/file.bin", serve_bytes(DATA))
+    server.route("/flaky/file.bin", status(503))
+    flaky = f"http://alice:s3cret-pw@127.0.0.1:{server.port}/flaky/file.bin?token=tok-123"
+    private = f"http://alice:s3cret-pw@127.0.0.1:{server.port}/private/file.bin?token=tok-123&sig=tok-123"
+    notes = []
+
+    result = download([flaky, private], tmp_path / "file.bin", sha256=SHA, policy=policy, notify=notes.append)
+
+    seen = server.requests_for("/private/file.bin")[0]
+    assert seen.headers["authorization"] == "Basic YWxpY2U6czNjcmV0LXB3"  # alice:s3cret-pw, really sent
+    assert seen.query == {"token": ["tok-123"], "sig": ["tok-123"]}
+    assert result.url == f"http://***@127.0.0.1:{server.port}/private/file.bin?token=***&sig=***"
+    assert any("attempt 2/4" in note for note in notes)
+    for text in [*notes, result.url]:
+        assert not any(secret in text for secret in SECRETS), text
+        assert "alice" not in text
+
+    with pytest.raises(DownloadError) as caught:
+        download([flaky], tmp_path / "other.bin", sha256=SHA, policy=policy, notify=notes.append)
+    message = str(caught.value)
+    assert f"127.0.0.1:{server.port}/flaky/file.bin: HTTP 503" in message
+    assert not any(secret in text for secret in SECRETS for text in [message, *caught.value.by_host, *notes])
+
+
+def test_redact_url():
+    from essencekit.urls import redact_in, redact_url
+
+    assert redact_url("https://u:p%40ss@Host.example:8443/a/b.pt?X-Amz-Signature=abc&flag#frag") == \
+        "https://***@host.example:8443/a/b.pt?X-Amz-Signature=***&***"
+    assert redact_url("https://ghp_0123456789@[::1]/x") == "https://***@[::1]/x"
+    plain = "https://huggingface.co/timm/x/resolve/main/open_clip_model.safetensors"
+    assert redact_url(plain) == plain and redact_url(redact_url(plain)) == plain
+    quoted = "HTTPSConnectionPool(host='cdn.example', port=443): Max retries exceeded with url: /f?Signature=zz9"
+    assert redact_in(quoted + " https://u:pw-77@h/f", "https://u:pw-77@h/f") == (
+        "HTTPSConnectionPool(host='cdn.example', port=443): Max retries exceeded with url: /f?Signature=*** "
+        "https://***@h/f")
+
+
+@pytest.mark.parametrize("after_headers", [False, True], ids=["no-answer", "headers-then-nothing"])
+def test_a_server_that_never_answers_is_left_after_one_retry(server, tmp_path, sleeps, monkeypatch, after_headers):
+    hung = server.route("/hung/file.bin", silent(announce=len(DATA) if after_headers else None))
+    good = server.route("/good/file.bin", serve_bytes(DATA))
+    monkeypatch.setenv("ESSENCEKIT_READ_TIMEOUT", "0.3")  # wins over the policy's 60 s
+    policy = RetryPolicy(attempts=5, backoff=1.0, connect_timeout=5, read_timeout=60, sleep=sleeps)
+    notes = []
+
+    started = time.monotonic()
+    result = download([hung, good], tmp_path / "file.bin", sha256=SHA, size=len(DATA), label="thing",
+                      policy=policy, notify=notes.append)
+
+    assert result.url == good and time.monotonic() - started < 5
+    assert len(server.requests_for("/hung/file.bin")) == 2  # one retry, not five
+    assert sleeps == [1.0]
+    retry, moving_on = notes
+    assert retry == (f"thing: 127.0.0.1:{server.port}/hung/file.bin timed out: "
+                     f"{'sent nothing' if after_headers else 'no answer within'}"
+                     f"{'' if after_headers else ' 0.3 s'}{' for 0.3 s' if after_headers else ''}; "
+                     "retrying in 1 s (attempt 2/5)")
+    assert moving_on.startswith(f"thing: 127.0.0.1:{server.port}/hung/file.bin failed (timed out")
+    assert "gave up after 2 silent tries" in moving_on
+    assert moving_on.endswith(f"trying the next mirror, 127.0.0.1:{server.port}/good/file.bin")
+
+
+def test_retries_are_said_on_stderr_by_default(server, tmp_path, policy, capsys):
+    url = server.route("/file.bin", sequence(status(500), status(503), serve_bytes(DATA)))
+    download([url], tmp_path / "file.bin", sha256=SHA, label="thing", policy=policy)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"thing: 127.0.0.1:{server.port}/file.bin HTTP 500 Internal Server Error; retrying in 0.5 s (attempt 2/4)",
+        f"thing: 127.0.0.1:{server.port}/file.bin HTTP 503 Service Unavailable; retrying in 1 s (attempt 3/4)",
+    ]
+
+
+@pytest.mark.parametrize("name", ["ESSENCEKIT_CONNECT_TIMEOUT", "ESSENCEKIT_READ_TIMEOUT"])
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan"])
+def test_an_invalid_timeout_setting_is_one_clear_error(server, tmp_path, policy, monkeypatch, name, value):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    monkeypatch.setenv(name, value)
+    with pytest.raises(EssencekitError) as caught:
+        download([url], tmp_path / "file.bin", sha256=SHA, policy=policy)
+    assert str(caught.value) == (f"{name}={value!r} is not a number of seconds: set it to a positive number "
+                                 "such as 30, or unset it")
+    assert server.requests == []
+
+
+class _LocalOnly(requests.Session):
+    """A session that records every URL asked for and refuses any host but 127.0.0.1."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def get(self, url, **kwargs):
+        self.asked.append(url)
+        if not url.startswith("http://127.0.0.1:"):
+            raise requests.exceptions.ConnectionError("Connection refused (test: no outside network)")
+        return super().get(url, **kwargs)
+
+
+HF_URL = "https://huggingface.co/org/repo/resolve/main/file.bin"
+
+
+def test_hf_hub_offline_skips_hugging_face_urls(server, tmp_path, policy, monkeypatch):
+    local = server.route("/file.bin", serve_bytes(DATA))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    session = _LocalOnly()
+
+    result = download([HF_URL, "https://cdn.hf.co/x/file.bin", local], tmp_path / "file.bin", sha256=SHA,
+                      policy=policy, session=session)
+    assert result.url == local and session.asked == [local]
+
+    with pytest.raises(OfflineError) as caught:
+        download([HF_URL], tmp_path / "other.bin", sha256=SHA, label="thing", policy=policy, session=session,
+                 hint="try --from")
+    assert str(caught.value) == ("cannot download thing: it is on the Hugging Face Hub (huggingface.co) and "
+                                 "HF_HUB_OFFLINE=1 forbids requests to the Hub; unset HF_HUB_OFFLINE to download it; "
+                                 "try --from")
+    assert session.asked == [local]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # huggingface_hub's own reading: not offline
+    with pytest.raises(NoNetworkError):
+        download([HF_URL], tmp_path / "other.bin", sha256=SHA, policy=policy, session=session)
+    assert session.asked == [local, HF_URL]
+
+
+def test_a_poisoned_part_is_retried_from_zero_before_the_mirror_is_blamed(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(DATA))
+    (tmp_path / "file.bin.part").write_bytes(os.urandom(100_000))  # garbage left locally
+    notes = []
+
+    download([url], tmp_path / "file.bin", sha256=SHA, size=len(DATA), label="thing", policy=policy,
+             notify=notes.append)
+
+    assert (tmp_path / "file.bin").read_bytes() == DATA and _leftovers(tmp_path) == ["file.bin"]
+    assert [r.range for r in server.requests_for("/file.bin")] == ["bytes=100000-", None]
+    (note,) = notes
+    assert note.startswith("thing: the resumed download fails its sha256 check") and "from byte 0" in note
+
+
+def test_a_bad_mirror_is_still_blamed_after_the_fresh_retry(server, tmp_path, policy):
+    url = server.route("/file.bin", serve_bytes(bytes(reversed(DATA))))
+    (tmp_path / "file.bin.part").write_bytes(DATA[:100_000])  # a good part: the server is the bad one
+
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download([url], tmp_path / "file.bin", sha256=SHA, size=len(DATA), policy=policy, notify=lambda _: None)
+
+    assert [r.range for r in server.requests_for("/file.bin")] == ["bytes=100000-", None]
+    assert _leftovers(tmp_path) == []

@@ -48,6 +48,20 @@ def test_paired_cosine_against_rows_or_one_target():
     assert paired_cosine(a, torch.tensor([[1.0, 0.0]])).tolist() == pytest.approx([1, 0, math.sqrt(0.5)])
 
 
+def test_cosines_never_leave_the_unit_interval():
+    """Rounding puts the cosine of parallel rows a hair above 1 (1.0000000000000002) for some
+    rows on any CPU; with thousands of rows some always do, and a cosine above 1 must not show."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(4000, 234, generator=g, dtype=torch.float64)
+    scales = 0.1 + 10 * torch.rand(4000, 1, generator=g, dtype=torch.float64)
+    same_way = paired_cosine(rows, rows * scales)
+    assert same_way.max().item() <= 1.0 and same_way.min().item() == pytest.approx(1.0)
+    assert paired_cosine(rows, -rows * scales).min().item() >= -1.0
+    for start in range(0, 4000, 50):  # groups of parallel changes: consistency is exactly 1 at most
+        group = rows[start : start + 1] * scales[start : start + 50]
+        assert mean_pairwise_cosine(group) <= 1.0
+
+
 def test_consistency_is_the_mean_pairwise_cosine_of_the_changes():
     same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
     assert mean_pairwise_cosine(same) == pytest.approx(1.0)

@@ -221,6 +221,64 @@ def test_faces_are_ranked_by_size_and_weak_or_small_ones_rejected():
         align_faces(photo, aligner=aligner, which="first")
 
 
+class Recording(Scripted):
+    """A scripted aligner that keeps the pixels it was shown."""
+
+    name = "recording"
+
+    def detect(self, image):
+        self.seen = np.asarray(image).copy()
+        return super().detect(image)
+
+
+def _sideways(tmp_path, upright: Image.Image, suffix: str = ".png", **options):
+    """``upright`` stored turned 90 degrees, with EXIF orientation 6 saying how to turn it back,
+    as a phone held upright writes it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown by rotating the stored pixels 90 degrees clockwise
+    path = tmp_path / f"sideways{suffix}"
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, **options)
+    return path
+
+
+def test_the_api_applies_exif_orientation_like_the_command_line(tmp_path):
+    from essencekit.images import read_image
+
+    rng = np.random.default_rng(3)
+    upright = Image.fromarray(rng.integers(0, 256, (600, 400, 3), dtype=np.uint8))  # 400 wide, 600 high
+    path = _sideways(tmp_path, upright)
+    face = _face_at(200, 250, 60, score=1.0)  # upright coordinates
+    aligner = Recording([face])
+
+    with Image.open(path) as opened:
+        assert opened.size == (600, 400)  # as stored
+        found = align_faces(opened, aligner=aligner, output_size=64)
+        assert np.array_equal(aligner.seen, np.asarray(upright))  # the aligner saw the photo upright
+        assert found[0].transform.photo_size == (400, 600)
+        reference = align_faces(read_image(path), aligner=aligner, output_size=64)  # what the CLI does
+        assert np.array_equal(np.asarray(found[0].crop), np.asarray(reference[0].crop))
+        assert np.array_equal(found[0].quad, reference[0].quad)
+        # pasting back into the photo as opened lands in the upright frame too
+        edit = Image.new("RGB", (64, 64), (0, 255, 0))
+        pasted = paste_back(opened, found, [edit])
+        assert np.array_equal(np.asarray(pasted), np.asarray(paste_back(upright, reference, [edit])))
+        one = align_face(opened, face, output_size=64)
+        assert np.array_equal(np.asarray(one.crop), np.asarray(reference[0].crop))
+
+
+@needs_dlib
+def test_dlib_finds_a_sideways_phone_photo_through_the_api(tmp_path, astronaut):
+    from essencekit.images import read_image
+
+    path = _sideways(tmp_path, astronaut, ".jpg", quality=95)
+    with Image.open(path) as opened:
+        found = align_faces(opened, aligner="dlib", output_size=256)
+    reference = align_faces(read_image(path), aligner="dlib", output_size=256)
+    assert len(found) == 1 and len(reference) == 1
+    assert np.allclose(found[0].quad, reference[0].quad)
+    assert np.array_equal(np.asarray(found[0].crop), np.asarray(reference[0].crop))
+
+
 def test_no_usable_aligner_names_the_pip_command(monkeypatch):
     from essencekit_builtins import aligners
 

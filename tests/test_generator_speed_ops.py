@@ -170,21 +170,25 @@ def test_grouped_weights_agree_with_the_reference_sequence(upsample, demodulate)
 def image_and_grad(g: Generator, w_plus: torch.Tensor, noise="const"):
     w = w_plus.clone().requires_grad_(True)
     image = g.synthesis(w, noise=noise)
-    (image * torch.linspace(-1, 1, image.numel()).view(image.shape)).sum().backward()
+    (image * torch.linspace(-1, 1, image.numel(), dtype=image.dtype).view(image.shape)).sum().backward()
     return image.detach(), w.grad
 
 
 @pytest.mark.parametrize("form", ["grouped", "shared"])
 def test_fused_ops_agree_with_the_reference_sequence(form):
-    g = load_generator_checkpoint(TINY).set_modulated_conv(form)
+    # float64: the fused and reference sequences round differently, and in float32 the gradient
+    # of the tiny random model amplifies that past 1e-5 on AVX2 CPUs (not on AVX-512); in
+    # float64 the two agree to rounding everywhere, so a real difference cannot hide
+    g = load_generator_checkpoint(TINY).set_modulated_conv(form).double()
     assert g.fused_ops
-    w_plus = torch.randn(2, g.n_latent, g.style_dim, generator=torch.Generator().manual_seed(0))
+    w_plus = torch.randn(2, g.n_latent, g.style_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     fused = image_and_grad(g, w_plus)
     g.set_fused_ops(False)
     assert not g.fused_ops and not any(getattr(m, "fused", False) for m in g.modules())
     reference = image_and_grad(g, w_plus)
     for a, b in zip(fused, reference):
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+        assert a.dtype == torch.float64
+        assert (a - b).abs().max() <= 1e-10 * b.abs().max()
     # The fused activation alone (per-sample weights as the reference builds them) is exact.
     for module in g.modules():
         if not isinstance(module, ModulatedConv2d) and hasattr(module, "fused"):

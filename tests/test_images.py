@@ -8,6 +8,7 @@ import io
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from PIL import Image, features
 
 from essencekit import EssencekitError
 from essencekit.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image, to_rgb
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 RNG = np.random.default_rng(0)
 PHOTO = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -198,14 +201,14 @@ def test_bomb_message_and_limit(tmp_path):
     bomb.write_bytes(_png(20000, 10000, 8, 2, b"\x00" * 16))
     with pytest.raises(ImageReadError, match="200 megapixels.*--max-pixels"):
         read_image(bomb)
-    assert DEFAULT_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS
+    assert DEFAULT_MAX_PIXELS == 50_000_000  # docs/guide.md gives the reasons
     small = _save(tmp_path, "s.png", Image.fromarray(PHOTO))
     with pytest.raises(ImageReadError) as caught:
         read_image(small, max_pixels=700)
     assert caught.value.kind == "too-large"
     assert read_image(small, max_pixels=768).size == (32, 24)
     # Pillow's own global threshold is left as it was
-    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS // 2
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485
 
 
 def test_a_limit_above_pillows_own_is_honoured(tmp_path, monkeypatch):
@@ -257,3 +260,151 @@ def test_file_objects_and_to_rgb():
         read_image(io.BytesIO(b"nothing"))
     assert to_rgb(Image.new("I", (2, 2), 200)).getpixel((0, 0)) == (200, 200, 200)
     assert to_rgb(Image.new("I", (2, 2), 65535)).getpixel((0, 0)) == (255, 255, 255)
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+@pytest.fixture(scope="module")
+def bomb_12k(tmp_path_factory):
+    """A real, valid 12000 x 12000 black PNG: about 420 kB on disk, 432 MB of RGB decoded."""
+    squeeze = zlib.compressobj(9)
+    row = bytes(1 + 3 * 12000)  # filter byte 0, then black pixels
+    rows = b"".join(squeeze.compress(row) for _ in range(12000)) + squeeze.flush()
+    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0)
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b""))
+    assert path.stat().st_size < 500_000
+    return path
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Any attempt to decode pixels fails the test (Pillow decodes in ImageFile.load)."""
+    from PIL import ImageFile
+
+    def decode(self):
+        raise AssertionError(f"{self.size} pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+
+
+def test_a_small_file_with_a_huge_image_is_refused_from_its_header(bomb_12k, no_decoding):
+    from essencekit.images import check_image_size
+
+    with pytest.raises(ImageReadError) as caught:
+        read_image(bomb_12k)
+    error = caught.value
+    assert error.kind == "too-large"
+    message = str(error)
+    assert "\n" not in message and str(bomb_12k) in message
+    assert "12000x12000 is 144 megapixels, over the limit of 50 megapixels" in message and "--max-pixels" in message
+    with pytest.raises(ImageReadError, match="over the limit of 50 megapixels"):
+        check_image_size(bomb_12k)
+    # the header alone is read: size known, nothing decoded
+    assert check_image_size(bomb_12k, max_pixels=None) == (12000, 12000)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cache-hit", "no-cache"])
+def test_the_pixel_limit_holds_for_a_cached_result_too(bomb_12k, cached, tmp_path, monkeypatch):
+    import torch
+
+    from essencekit.cache import sha256_file
+    from essencekit.faces import face_from_aligned_crop
+    from essencekit.transfer import Transferrer
+    from essencekit.transfer.latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
+
+    models = Transferrer(encoder=FIXTURES / "tiny-e4e.pt", device="cpu")
+    generator = models.generator
+    if cached:
+        # what an earlier run with --max-pixels 0 would have left: the photo's W+, so this run
+        # need not decode the photo at all
+        face = face_from_aligned_crop(Image.new("RGB", (8, 8)))
+        record = CacheRecord(NO_ALIGN, [CachedFace(0, face.landmarks, face.transform.to_dict(), face.size)], [],
+                             {0: torch.zeros(generator.n_latent, generator.style_dim)})
+        LatentCache(models.encoder_sha256, NO_ALIGN).store(sha256_file(bomb_12k), record)
+        [result] = models.invert(bomb_12k, align=False, max_pixels=None)
+        assert result.status == "done"  # the cache answers when the limit is lifted
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the photo was decoded"))
+    [result] = models.invert(bomb_12k, align=False, cache=cached)
+    assert result.status == "failed"
+    assert str(bomb_12k) in result.reason and "over the limit of 50 megapixels" in result.reason
+
+
+# --------------------------------------------------------------------------- HEIC / HEIF
+
+
+def _heic(path, pixels=SMOOTH):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(Image.fromarray(pixels)).save(path, quality=-1)  # -1: lossless
+    return path
+
+
+def test_heic_photos_are_read_and_found_in_folders(tmp_path):
+    from essencekit.transfer.inputs import discover
+
+    path = _heic(tmp_path / "IMG_0001.HEIC")
+    image = read_image(path)
+    assert image.mode == "RGB" and image.size == (32, 24)
+    assert np.abs(np.asarray(image, dtype=int) - SMOOTH).mean() < 4  # HEVC: close, not exact
+    _heic(tmp_path / "IMG_0002.heif")
+    assert [s.path.name for s in discover(tmp_path)] == ["IMG_0001.HEIC", "IMG_0002.heif"]
+
+
+def test_skipped_files_are_named_with_the_reason(tmp_path, monkeypatch, capsys):
+    """Without a HEIC reader, a folder of iPhone photos says so (not "add --recursive")."""
+    import torch
+
+    import essencekit.images
+    from essencekit.cli import main
+    from essencekit.essence import Essence
+
+    heif = essencekit.images.HEIF_SUFFIXES
+    readable = essencekit.images.photo_suffixes() - heif
+    monkeypatch.setattr(essencekit.images, "photo_suffixes", lambda: readable)
+    monkeypatch.setattr(essencekit.images, "_heif_readable", False)
+    photos = tmp_path / "iphone"
+    photos.mkdir()
+    for name in ("IMG_0001.HEIC", "IMG_0002.heic", "notes.txt"):
+        (photos / name).write_bytes(b"x")
+    essence = Essence(torch.zeros(10, 64)).save(tmp_path / "e.pt")
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exit_:
+            main(["transfer", *map(str, args), "-e", str(essence), "--encoder", str(FIXTURES / "tiny-e4e.pt"),
+                  "--backend", "cpu", "--no-align"])
+        return exit_.value.code, capsys.readouterr().err
+
+    code, err = run(photos)
+    assert code == 1
+    message = " ".join(err.split())  # Rich wraps long lines
+    assert "3 files skipped: IMG_0001.HEIC, IMG_0002.heic (HEIC/HEIF needs pillow-heif: pip install pillow-heif)" in message
+    assert "notes.txt (.txt is not a format this Pillow reads)" in message
+    assert "--recursive" not in message  # there is no sub-folder to look into
+    # beside photos it can read, the skipped ones are still named
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / "crop.png")
+    (photos / "sub").mkdir()
+    code, err = run(photos, "-o", tmp_path / "out")
+    assert code == 0 and (tmp_path / "out" / "crop_e.png").is_file()
+    assert "3 files skipped: IMG_0001.HEIC" in " ".join(err.split())
+
+
+def test_clip_targets_are_read_like_photos(tmp_path, bomb_12k, monkeypatch):
+    """A CLIP target path goes through read_image: upright, and the pixel limit holds."""
+    import torch
+    from PIL import ImageFile
+
+    from essencekit.clip import OPENAI_MEAN, OPENAI_STD, ClipEncoder, ClipVariant
+
+    variant = ClipVariant("t", {"embed_dim": 4, "vision_cfg": {}, "text_cfg": {}}, "w", OPENAI_MEAN, OPENAI_STD)
+    encoder = ClipEncoder(torch.nn.Identity(), variant, input_mode="raw", generator_size=32)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(tmp_path, "rotated.png", Image.fromarray(PHOTO), exif=exif)
+    upright = Image.fromarray(ORIENTATIONS[6](PHOTO))
+    assert torch.equal(encoder.preprocess_target(path), encoder.preprocess_target(upright))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the photo was decoded"))
+    with pytest.raises(EssencekitError, match="bomb.png: 12000x12000 .* over the limit of 50 megapixels"):
+        encoder.preprocess_target(bomb_12k)

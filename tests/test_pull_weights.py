@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from http_server import closed_port_url, serve, serve_bytes, status
+from http_server import closed_port_url, serve, serve_bytes, silent, status
 from typer.testing import CliRunner
 
 import essencekit
@@ -964,3 +964,178 @@ def test_cli_hash_bar_only_for_large_files():
     assert rich.tasks[0] == ["e4e-ffhq (sha256)", 1_201_649_680, 600_000_000]
     bar.finish()
     assert rich.removed == [0]  # no finished bars left on the screen
+
+
+# --------------------------------------------------------------------------- hostile mirrors (issue 11)
+
+
+def _npy_bytes(tmp_path: Path) -> bytes:
+    npy = tmp_path / "joke.npy"
+    np.save(npy, np.random.default_rng(1).normal(size=(1, 18, 512)).astype(np.float32))
+    return npy.read_bytes()
+
+
+def test_mirror_passwords_and_tokens_are_never_shown_or_stored(server, add_artifacts, tmp_path, monkeypatch):
+    data = _npy_bytes(tmp_path)
+    server.route("/private/joke.npy", status(401))
+    server.route("/signed/joke.npy", status(503))
+    signed = server.url("/signed/joke.npy").replace("http://", "http://bob:hunter2-pw@") + "?token=tok-123"
+    add_artifacts(make("joke", [signed], data, sha=False, kind="essence", group="essences", filename="joke.npy",
+                       convert="essence-npy"))
+    monkeypatch.setenv("ESSENCEKIT_MIRROR", f"http://alice:s3cret-pw@127.0.0.1:{server.port}/private")
+    secrets = ("s3cret-pw", "hunter2-pw", "tok-123", "alice", "bob")
+
+    failed = cli("joke")
+    assert failed.exit_code == 1
+    assert f"127.0.0.1:{server.port}/private/joke.npy: HTTP 401" in failed.stderr
+    assert f"127.0.0.1:{server.port}/signed/joke.npy HTTP 503 Service Unavailable; retrying" in failed.stderr
+    assert "(attempt 2/3)" in failed.stderr and "(attempt 3/3)" in failed.stderr
+    assert not any(secret in failed.output for secret in secrets), failed.output
+
+    server.route("/private/joke.npy", serve_bytes(data))
+    done = cli("joke")
+    assert done.exit_code == 0, done.output
+    assert server.requests_for("/private/joke.npy")[-1].headers["authorization"] == "Basic YWxpY2U6czNjcmV0LXB3"
+    shown = f"http://***@127.0.0.1:{server.port}/private/joke.npy"
+    assert f"(from {shown})" in done.stderr  # the trust-on-first-use notice
+    stored = {name: (cache.artifact_dir("joke") / name).read_text() for name in (cache.RECORD_FILE, cache.PIN_FILE)}
+    assert json.loads(stored[cache.RECORD_FILE])["source"] == shown
+    assert json.loads(stored[cache.PIN_FILE])["source"] == shown
+    essence = torch.load(cache.resolve_artifact("joke"), weights_only=True)
+    assert essence["metadata"]["source_url"] == shown  # shared with the essence file
+    listed = cli("--list", "--json", "joke")
+    assert json.loads(listed.stdout)["artifacts"][0]["urls"] == [
+        f"http://***@127.0.0.1:{server.port}/signed/joke.npy?token=***"]
+    texts = [done.output, listed.output, *stored.values(), repr(essence["metadata"])]
+    assert not any(secret in text for secret in secrets for text in texts)
+
+
+def test_the_registry_url_in_an_essence_is_redacted_too(add_artifacts, tmp_path):
+    data = _npy_bytes(tmp_path)
+    (tmp_path / "usb").mkdir()
+    (tmp_path / "usb" / "joke.npy").write_bytes(data)
+    add_artifacts(make("joke", ["https://u:pw-9988@example.invalid/joke.npy?sig=tok-123"], data, kind="essence",
+                       group="essences", filename="joke.npy", convert="essence-npy"))
+    pull.pull(["joke"], from_dir=tmp_path / "usb")
+    metadata = torch.load(cache.resolve_artifact("joke"), weights_only=True)["metadata"]
+    assert metadata["source_url"] == "https://***@example.invalid/joke.npy?sig=***"
+
+
+def test_a_hung_mirror_is_announced_and_left_for_the_next(server, add_artifacts, monkeypatch):
+    hung = server.route("/hung/tiny.bin", silent())
+    good = server.route("/good/tiny.bin", serve_bytes(DATA))
+    add_artifacts(make("tiny", [hung, good], DATA))
+    monkeypatch.setenv("ESSENCEKIT_READ_TIMEOUT", "0.3")
+
+    result = cli("tiny")
+
+    assert result.exit_code == 0, result.output
+    assert "tiny: downloaded" in result.stdout
+    retry, moving_on = result.stderr.strip().splitlines()
+    assert retry == (f"tiny: 127.0.0.1:{server.port}/hung/tiny.bin timed out: no answer within 0.3 s; "
+                     "retrying in 0 s (attempt 2/3)")
+    assert "gave up after 2 silent tries" in moving_on and moving_on.endswith(f"127.0.0.1:{server.port}/good/tiny.bin")
+    assert len(server.requests_for("/hung/tiny.bin")) == 2
+
+
+def test_an_invalid_timeout_setting_is_said_once(server, add_artifacts, monkeypatch):
+    url = server.route("/tiny.bin", serve_bytes(DATA))
+    add_artifacts(make("a", [url], DATA), make("b", [url], DATA))
+    monkeypatch.setenv("ESSENCEKIT_CONNECT_TIMEOUT", "15s")
+    result = cli("a", "b")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: ESSENCEKIT_CONNECT_TIMEOUT='15s' is not a number of seconds: set it to a "
+                                     "positive number such as 30, or unset it")
+    assert server.requests == []
+
+
+def test_hf_hub_offline_makes_hugging_face_artifacts_cache_only(add_artifacts, tmp_path, monkeypatch):
+    hub = "https://huggingface.co/org/repo/resolve/main/tiny.bin"
+    add_artifacts(make("tiny", [hub], DATA))
+    requested = []
+    monkeypatch.setattr("requests.Session.get", lambda self, url, **kw: requested.append(url))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    missing = cli("tiny")
+    assert missing.exit_code == 1
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith("Error: tiny: cannot download tiny: it is on the Hugging Face Hub (huggingface.co) and "
+                           "HF_HUB_OFFLINE=1 forbids requests to the Hub")
+    assert "`essencekit pull-weights tiny --from FOLDER`" in line
+    assert requested == []
+
+    (tmp_path / "usb").mkdir()
+    (tmp_path / "usb" / "tiny.bin").write_bytes(DATA)
+    assert cli("tiny", "--from", str(tmp_path / "usb")).exit_code == 0
+    present = cli("tiny")  # in the cache: HF_HUB_OFFLINE does not get in the way
+    assert present.exit_code == 0 and "tiny: already in the cache" in present.stdout
+    assert requested == []
+
+
+@pytest.fixture
+def make_cache_read_only(monkeypatch):
+    """``make_cache_read_only()``: from then on every write under the cache root fails as on a
+    read-only file system (EROFS); returns the list of writes tried. As root, chmod does not
+    stop writes, and a read-only mount cannot be made here."""
+    import builtins
+    import errno
+
+    root = Path(os.environ["ESSENCEKIT_HOME"]).resolve()
+    tried = []
+
+    def under(path) -> bool:
+        try:
+            return Path(os.path.abspath(os.fspath(path))).is_relative_to(root)
+        except TypeError:  # a file descriptor
+            return False
+
+    def guard(name, real, writes=lambda *a, **k: True):
+        def wrapper(path, *args, **kwargs):
+            if under(path) and writes(*args, **kwargs):
+                tried.append((name, str(path)))
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real(path, *args, **kwargs)
+        return wrapper
+
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def activate():
+        monkeypatch.setattr(os, "open", guard("open", os.open, lambda flags, *a, **k: flags & write_flags))
+        monkeypatch.setattr(builtins, "open", guard(
+            "open", builtins.open, lambda mode="r", *a, **k: any(c in mode for c in "wax+")))
+        for name in ("mkdir", "unlink", "remove", "replace", "rename", "utime"):
+            monkeypatch.setattr(os, name, guard(name, getattr(os, name)))
+        return tried
+
+    return activate
+
+
+def test_a_read_only_cache_with_everything_verified_needs_no_lock(server, add_artifacts, tmp_path,
+                                                                   make_cache_read_only):
+    url = server.route("/tiny.bin", serve_bytes(DATA))
+    data = _npy_bytes(tmp_path)
+    joke = server.route("/joke.npy", serve_bytes(data))
+    add_artifacts(make("tiny", [url], DATA),
+                  make("joke", [joke], data, kind="essence", group="essences", filename="joke.npy",
+                       convert="essence-npy"))
+    pull.pull(["tiny", "joke"])  # a shared cache, filled by someone who could write
+    tried = make_cache_read_only()
+
+    result = cli("tiny", "joke")
+
+    assert result.exit_code == 0, result.output
+    assert "ok tiny: already in the cache" in result.stdout and "ok joke: already in the cache" in result.stdout
+    assert result.stderr == ""
+    assert tried == []  # not even an attempt to write the lock
+    assert [r.action for r in pull.pull(["tiny", "joke"])] == ["present", "present"]
+    assert len(server.requests) == 2
+
+    assert cli("--verify", "--repair", "tiny", "joke").exit_code == 0  # nothing to repair, nothing written
+    assert tried == []
+
+    # what does need writing still fails, in one line
+    add_artifacts(make("more", [url], DATA))
+    needed = cli("more")
+    assert needed.exit_code == 1
+    (line,) = needed.stderr.strip().splitlines()
+    assert "read-only file system; choose a writable cache folder with ESSENCEKIT_HOME or --cache-dir" in line

@@ -1,13 +1,16 @@
 """The ``essencekit`` command line: a thin layer over the Python API.
 
 Exit codes scripts can rely on: 0 success, 1 an error (one line on stderr), 2 a usage error,
-130 interrupted (Ctrl-C). Results go to stdout, progress and logs to stderr.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM: ``kill``, a job scheduler, ``docker stop``).
+Results go to stdout, progress and logs to stderr.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
+import signal
 import sys
 
 import click
@@ -22,9 +25,41 @@ _USAGE_ERRORS = tuple({click.ClickException, *(c for c in typer.BadParameter.__m
 _EXITS = tuple({click.exceptions.Exit, typer.Exit})
 _ABORTS = tuple({click.exceptions.Abort, typer.Abort, KeyboardInterrupt})
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is. A KeyboardInterrupt, so that it unwinds exactly
+    as Ctrl-C does: temporary files removed, a partial download kept for resuming, extract's
+    best essence so far saved. Without it SIGTERM kills the process on the spot and leaves
+    ``.tmp`` files behind."""
+
+
+_terminated = False
+
+
+def _on_sigterm(signum, frame):
+    global _terminated
+    _terminated = True
+    # a second SIGTERM (the cleanup hangs) kills at once, as the default handler would
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+def _interrupted() -> int:
+    """The line and exit status of a run cut short by Ctrl-C or SIGTERM."""
+    if _terminated:
+        err.print("[yellow]Terminated.[/yellow]")
+        return EXIT_TERMINATED
+    err.print("[yellow]Interrupted.[/yellow]")
+    return EXIT_INTERRUPTED
+
+
 # each module adds its command(s) through register(app)
 COMMAND_MODULES = (
     "essencekit.cli.pull_weights",
+    "essencekit.cli.cache_cmd",
     "essencekit.cli.plugins_cmd",
     "essencekit.cli.doctor_cmd",
     "essencekit.cli.extract_cmd",
@@ -49,7 +84,7 @@ def build_app() -> typer.Typer:
         help=HELP,
         no_args_is_help=True,
         pretty_exceptions_show_locals=False,
-        add_completion=False,
+        add_completion=True,  # --install-completion, --show-completion (docs/guide.md)
         context_settings={"help_option_names": HELP_OPTION_NAMES},
     )
 
@@ -83,11 +118,41 @@ def build_app() -> typer.Typer:
     return app
 
 
-def hide_flag_types(command) -> None:
-    """Show flags without a type in ``--help`` (Typer 0.29 prints ``<bool>`` beside each, though
-    a flag takes no value), in ``command`` and every subcommand, the help option included."""
+_LIST_TYPE = re.compile(r"<list\[(.*)\]>")
+
+
+def _element_type(param, display):
+    """``<list[str]>`` -> ``<str>...`` for an argument that takes several values (``<str>`` for
+    a repeatable option: each use takes one)."""
+    several = "..." if param.nargs != 1 else ""
+
+    def shown(ctx):
+        text = display(ctx)
+        return _LIST_TYPE.sub(rf"<\1>{several}", text) if text else text
+
+    return shown
+
+
+def _usage_name(param):
+    """``SRC...`` and ``[NAME]...`` in the usage line, where Typer 0.29 writes ``{SRC}...``
+    (braces read as a set of choices) and a metavar of its own is wrapped again."""
+
+    def shown():
+        name = param.metavar or param.name.upper()
+        name = name if param.required else f"[{name}]"
+        return name + ("..." if param.nargs != 1 else "")
+
+    return shown
+
+
+def tidy_help(command) -> None:
+    """Make ``--help`` read as a person expects, in ``command`` and every subcommand: flags
+    without a type (Typer 0.29 prints ``<bool>`` beside each, though a flag takes no value, the
+    help option's included), ``<str>...`` rather than ``<list[str]>`` for an argument taking
+    several values, and ``SRC...`` in the usage line. Only Typer's display methods are replaced, on each parameter,
+    where this Typer has them; parsing is untouched."""
     for sub in getattr(command, "commands", {}).values():
-        hide_flag_types(sub)
+        tidy_help(sub)
     params = list(getattr(command, "params", []))
     try:  # the help option is made on demand; a Typer without it just keeps its type column
         params.append(command.get_help_option(command.context_class(command, help_option_names=HELP_OPTION_NAMES)))
@@ -96,11 +161,43 @@ def hide_flag_types(command) -> None:
     for param in params:
         if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
             param.metavar = ""
+        if hasattr(param, "display_type_rich"):
+            param.display_type_rich = _element_type(param, param.display_type_rich)
+        if hasattr(param, "_usage_display_name"):  # Typer's arguments
+            param._usage_display_name = _usage_name(param)
+
+
+def _detected_shell() -> str | None:
+    try:
+        import shellingham  # what Typer itself detects the shell with
+
+        return shellingham.detect_shell()[0]
+    except Exception:  # noqa: BLE001 - not installed, or no shell among the parent processes
+        return None
+
+
+def shell_from_environment(command) -> None:
+    """``--install-completion`` and ``--show-completion`` find the shell among the parent
+    processes; where none is a shell (an IDE, ``docker exec``, a CI step) Typer gives up with
+    "Shell  not supported". Fall back to ``$SHELL`` there."""
+
+    def with_fallback(callback):
+        def run(ctx, param, value):
+            if value is True and _detected_shell() is None:
+                value = os.path.basename(os.environ.get("SHELL", "")) or value
+            return callback(ctx, param, value)
+
+        return run
+
+    for param in getattr(command, "params", []):
+        if param.name in ("install_completion", "show_completion") and param.callback is not None:
+            param.callback = with_fallback(param.callback)
 
 
 def _run(args: list[str] | None) -> int:
     command = typer.main.get_command(build_app())
-    hide_flag_types(command)
+    tidy_help(command)
+    shell_from_environment(command)
     try:
         result = command.main(args=args, prog_name="essencekit", standalone_mode=False)
     except _EXITS as exit_:
@@ -109,8 +206,7 @@ def _run(args: list[str] | None) -> int:
         error.show()
         return error.exit_code
     except _ABORTS:
-        err.print("[yellow]Interrupted.[/yellow]")
-        return 130
+        return _interrupted()
     except EssencekitError as error:
         err.print(f"[red]Error:[/red] {escape(str(error))}", highlight=False)
         return 1
@@ -123,23 +219,41 @@ def _run(args: list[str] | None) -> int:
         err.print(f"[red]Error:[/red] {escape(str(error.strerror or error))}{escape(where)}", highlight=False)
         return 1
     code = result if isinstance(result, int) else 0
-    if code == 130:  # newer Typers turn Ctrl-C into an exit code themselves
-        err.print("[yellow]Interrupted.[/yellow]")
+    if code == EXIT_INTERRUPTED:  # newer Typers turn Ctrl-C into an exit code themselves
+        return _interrupted()
     return code
+
+
+def _catch_sigterm():
+    """Install the SIGTERM handler; returns the one to restore (None where it cannot be set:
+    outside the main thread, as when an application calls ``main`` from a worker)."""
+    global _terminated
+    _terminated = False
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        return None
 
 
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point."""
-    if os.environ.get("ESSENCEKIT_DEBUG"):
-        # for bug reports: let unexpected exceptions show their traceback
-        sys.exit(_run(args))
+    previous = _catch_sigterm()
     try:
-        code = _run(args)
-    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
-        err.print(
-            f"[red]Internal error:[/red] {type(error).__name__}: {escape(str(error))}. "
-            "Rerun with ESSENCEKIT_DEBUG=1 for the traceback and report it.",
-            highlight=False,
-        )
-        code = 1
+        if os.environ.get("ESSENCEKIT_DEBUG"):
+            # for bug reports: let unexpected exceptions show their traceback
+            sys.exit(_run(args))
+        try:
+            code = _run(args)
+        except KeyboardInterrupt:  # while the commands load, before Click handles it
+            code = _interrupted()
+        except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+            err.print(
+                f"[red]Internal error:[/red] {type(error).__name__}: {escape(str(error))}. "
+                "Rerun with ESSENCEKIT_DEBUG=1 for the traceback and report it.",
+                highlight=False,
+            )
+            code = 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

@@ -55,8 +55,8 @@ def bench(
     json_: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of the table."),
     output: Path | None = typer.Option(
         None, "-o", "--output", metavar="FILE.json",
-        help="Save the JSON here (default: essencekit-bench-<backend>-<date>-<time>.json in the current folder; "
-        "with --json, only when -o is given).",
+        help="Save the JSON here (default: essencekit-bench-*.json, named after the backend, date and time, in "
+        "the current folder; with --json, only when -o is given).",
     ),
     max_channels: int | None = typer.Option(
         None, "--max-channels", min=1, metavar="N", rich_help_panel=ADVANCED,

@@ -29,16 +29,19 @@ def _text(value) -> str:
 
 
 def info(
-    essence: Path = typer.Argument(
-        ..., metavar="ESSENCE", help="An essence file (.pt, .safetensors or TargetCLIP .npy)."
+    essence: str = typer.Argument(
+        ..., metavar="ESSENCE",
+        help="An essence file (.pt, .safetensors or TargetCLIP .npy) or a published essence name (joker, ...).",
     ),
     json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ):
     """Show an essence's metadata: how it was made, its losses and recommended strength."""
     from ..essence import load_essence
+    from ..transfer.essences import resolve_essence
 
-    data = load_essence(essence).info()
-    data = {"file": str(essence), **data}
+    path, _ = resolve_essence(essence)  # as `transfer --essence` does: a file, else a published name
+    data = load_essence(path).info()
+    data = {"file": str(path), **data}
     if json_:
         print_json(data)
         return
@@ -70,13 +73,14 @@ def info(
 
 
 def export(
-    essence: Path = typer.Argument(..., metavar="ESSENCE", help="The essence file to convert."),
+    essence: str = typer.Argument(..., metavar="ESSENCE", help="The essence file (or published name) to convert."),
     output: Path = typer.Argument(..., metavar="OUT", help="Where to write: .npy (TargetCLIP), .pt or .safetensors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ):
     """Write an essence in another format; OUT.npy is the published TargetCLIP format ((1, 18, 512) float32)."""
     from ..errors import EssencekitError
     from ..essence import SUFFIXES, load_essence
+    from ..transfer.essences import resolve_essence
 
     if output.suffix.lower() not in SUFFIXES:
         raise EssencekitError(
@@ -84,11 +88,18 @@ def export(
         )
     if output.exists() and not overwrite:
         raise EssencekitError(f"{output} already exists; pass --overwrite to replace it")
-    loaded = load_essence(essence)
+    loaded = load_essence(resolve_essence(essence)[0])
     loaded.save(output)
     if output.suffix.lower() == ".npy" and loaded.metadata:
-        err.print(f"[dim]{escape(str(output))} holds only the direction: the .npy format has no metadata[/dim]",
-                  highlight=False)
+        message = f"{output} holds only the direction: the .npy format has no metadata"
+        strength = loaded.recommended_strength
+        if strength != 1.0:
+            # a .npy is read back at strength 1.0: say so, or the edit silently changes strength
+            message += (
+                f"; the recommended strength ({strength:g}) is lost, and later uses of {output.name} default to "
+                f"strength 1.0 unless you pass --strength {strength:g}"
+            )
+        err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
     out.print(f"wrote {escape(str(output))}", highlight=False)
 
 

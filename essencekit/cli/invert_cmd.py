@@ -32,7 +32,8 @@ def invert(
     ),
     max_pixels: int | None = typer.Option(
         None, "--max-pixels", metavar="N",
-        help="Refuse images larger than N pixels (default about 179 megapixels; 0: no limit).",
+        help="Refuse images larger than N pixels, from their header, before decoding them (default: "
+        "50000000, 50 megapixels; 0: no limit).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the W+ cache."),
     json_: bool = typer.Option(False, "--json", help="Print one JSON line per output or failed input."),

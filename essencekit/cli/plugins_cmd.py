@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from .output import err, out, print_json
+from .output import ResultTable, err, out, print_json
 
 
 def _size(n: int | None) -> str:
@@ -19,18 +18,20 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column in columns:
-        table.add_column(column)
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> ResultTable:
+    result = ResultTable(title, columns, whole=("name",))
     for row in rows:
-        table.add_row(*[escape(str(cell)) for cell in row])
-    return table
+        result.add_row(*[escape(str(cell)) for cell in row])
+    return result
 
 
 def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
-    """List plugins, their hooks, and the backends, CLIP variants, weights and aligners they register."""
+    """List plugins, their hooks, and the backends, CLIP variants, weights and aligners they register.
+
+    Backends are listed, not probed (that needs torch, seconds): `essencekit doctor` says which
+    work here."""
     from ..inventory import plugins_report
+    from ..weights import license_summary
 
     report = plugins_report()
     if json_:
@@ -42,10 +43,8 @@ def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-read
          for p in report["plugins"]],
     ))
     out.print(_table(
-        "Backends", ["name", "available", "device / reason", "plugin"],
-        [[b["name"], "yes" if b["available"] else "no",
-          f'{b["device"]} ({b["autocast_dtype"]})' if b["available"] else b["reason"], b["plugin"]]
-         for b in report["backends"]],
+        "Backends (which work here: essencekit doctor)", ["name", "priority", "description", "plugin"],
+        [[b["name"], b["priority"], b["description"], b["plugin"]] for b in report["backends"]],
     ))
     out.print(_table(
         "CLIP variants", ["name", "weights", "plugin"],
@@ -54,7 +53,7 @@ def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-read
     out.print(_table(
         "Weight artifacts", ["name", "group", "kind", "size", "license", "plugin"],
         [[w["name"], w["group"], w["kind"], _size(w["size"]),
-          ("must accept: " if w["license_must_accept"] else "") + w["license"].split("\n")[0][:40], w["plugin"]]
+          ("must accept: " if w["license_must_accept"] else "") + license_summary(w["license"]), w["plugin"]]
          for w in report["weights"]],
     ))
     if report["aligners"]:

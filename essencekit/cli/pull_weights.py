@@ -12,10 +12,9 @@ from typing import List, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..errors import EssencekitError
-from .output import err, out, print_json, progress_enabled
+from .output import ResultTable, err, out, print_json, progress_enabled
 
 HELP = """Download the model weights and published essences, verified by sha256.
 
@@ -24,7 +23,9 @@ With no NAME, fetches the `faces` group (what transfer and extract need). NAME i
 every OpenAI URL of a CLIP model fails, its Hugging Face copy (`clip-vit-b-32-hf`, trusted on
 first use) is pulled instead, and says so. Offline, copy the files into a folder and use
 `--from FOLDER`; `--mirror URL` (or ESSENCEKIT_MIRROR) tries your own mirror first
-(URL/<file name>); ESSENCEKIT_OFFLINE=1 forbids network access."""
+(URL/<file name>); ESSENCEKIT_OFFLINE=1 forbids network access, HF_HUB_OFFLINE=1 access to
+Hugging Face. Each retry is said on stderr; ESSENCEKIT_CONNECT_TIMEOUT and
+ESSENCEKIT_READ_TIMEOUT (seconds) set the network timeouts."""
 
 
 def _size(n: int | None) -> str:
@@ -136,13 +137,14 @@ def _list(names: list[str], as_json: bool) -> None:
     if as_json:
         print_json({"cache_dir": str(cache.cache_root()), "artifacts": rows})
         return
-    table = Table(title=f"Weights (cache: {cache.cache_root()})", title_justify="left")
-    for column in ("name", "group", "kind", "size", "status", "license"):
-        # the names are what users type: never cut them; the license text may wrap
-        table.add_column(column, no_wrap=column in ("name", "size"))
+    from ..weights import license_summary
+
+    # the names are what users type: never cut them; the license text may wrap
+    table = ResultTable(f"Weights (cache: {cache.cache_root()})",
+                        ("name", "group", "kind", "size", "status", "license"), whole=("name", "size"))
     styles = {"verified": "green", "missing": "dim", "unverified": "yellow", "corrupt": "red", "outdated": "red"}
     for row in rows:
-        license_text = row["license"].split(":")[0][:60]
+        license_text = license_summary(row["license"])
         if row["license_must_accept"]:
             license_text = ("accepted: " if row["license_accepted"] else "must accept: ") + license_text
         status = row["status"] + (" (pinned on first use)" if row["pinned"] == "first-use" else "")
@@ -170,7 +172,7 @@ def _licenses_accepted(pending, accept_flag: bool) -> bool:
 
 
 def pull_weights(
-    names: Optional[List[str]] = typer.Argument(None, metavar="[NAME]...", help="Artifacts or groups (default: faces)."),
+    names: Optional[List[str]] = typer.Argument(None, metavar="NAME", help="Artifacts or groups (default: faces)."),
     all_: bool = typer.Option(False, "--all", help="Every registered artifact."),
     list_: bool = typer.Option(False, "--list", help="List the artifacts, their size, license and cache status."),
     json_: bool = typer.Option(False, "--json", help="With --list: print machine-readable JSON."),
@@ -298,6 +300,7 @@ def _verify(names, all_, repair, quiet, from_dir, link, mirror) -> int:
 
     options = dict(
         on_result=on_result, from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else pull.env_mirrors(),
+        notify=_note,  # retries during --repair: through the console, so they land above the bars
     )
     if progress_cm is not None:
         with progress_cm:

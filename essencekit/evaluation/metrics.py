@@ -48,7 +48,9 @@ def paired_cosine(a: Tensor, b: Tensor) -> Tensor:
     a, b = a.double(), b.double()
     if b.shape[0] == 1:
         b = b.expand_as(a)
-    return F.cosine_similarity(a, b, dim=1)
+    # rounding can put the cosine of near-parallel rows a hair outside [-1, 1] (1.0000000000000002
+    # on some CPUs), which no reader of a cosine should ever see
+    return F.cosine_similarity(a, b, dim=1).clamp(-1.0, 1.0)
 
 
 def mean_pairwise_cosine(changes: Tensor) -> float | None:
@@ -62,7 +64,7 @@ def mean_pairwise_cosine(changes: Tensor) -> float | None:
     if bool((norms <= 1e-12 * max(1.0, float(norms.max()))).any()):
         return None
     unit = changes / norms[:, None]
-    gram = unit @ unit.T
+    gram = (unit @ unit.T).clamp(-1.0, 1.0)  # see paired_cosine: rounding must not leave [-1, 1]
     n = changes.shape[0]
     pairs = gram[torch.triu_indices(n, n, offset=1).unbind()]
     value = float(pairs.mean())

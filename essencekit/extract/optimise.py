@@ -123,16 +123,23 @@ def chunk_slices(total: int, batch_size: int | None) -> list[slice]:
     return [slice(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def working_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 inputs keep float64 (rounding-free checks of the loop's invariants); everything
+    else, half-precision autocast outputs included, is carried in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
 def embed_latents(
     generator, encoder, latents: Tensor, *, batch_size: int | None = None, render_size: int | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Tensor:
-    """CLIP embeddings [B, D] (float32, no graph) of the images of ``latents`` [B, n_latent, style_dim]."""
-    parts = []
+    """CLIP embeddings [B, D] (float32, or float64 for float64 latents; no graph) of the images
+    of ``latents`` [B, n_latent, style_dim]."""
+    parts, dtype = [], working_dtype(latents)
     with torch.no_grad():
         for part in chunk_slices(latents.shape[0], batch_size):
             with autocast():
-                parts.append(encoder(render(generator, latents[part], render_size)).float())
+                parts.append(encoder(render(generator, latents[part], render_size)).to(dtype))
     return torch.cat(parts)
 
 
@@ -208,6 +215,9 @@ def optimise(
 
     Ctrl-C (``KeyboardInterrupt``, also from ``callback``) ends the loop early: the result
     then has ``interrupted=True`` and the best snapshots so far.
+
+    The loop runs in float32, or in float64 when ``init`` is float64 (then the generator and
+    encoder must be float64 too).
     """
     settings = settings or OptimiseSettings()
     device = sources.device
@@ -216,8 +226,9 @@ def optimise(
     if init.dim() != 3 or init.shape[1:] != sources.shape[1:]:
         raise ValueError(f"init must be [K, {sources.shape[1]}, {sources.shape[2]}], got {list(init.shape)}")
     restarts, n_sources = init.shape[0], sources.shape[0]
-    sources = sources.detach().float()
-    target = target.detach().to(device, torch.float32).reshape(-1)
+    dtype = working_dtype(init)
+    sources = sources.detach().to(dtype)
+    target = target.detach().to(device, dtype).reshape(-1)
     use_checkpoint = settings.checkpoint
     chunks = chunk_slices(restarts * n_sources, settings.batch_size)
     two_pass = len(chunks) > 1 if settings.two_pass is None else settings.two_pass
@@ -231,13 +242,13 @@ def optimise(
             generator, encoder, sources, batch_size=settings.batch_size, render_size=settings.render_size,
             autocast=autocast,
         )
-    source_embeddings = source_embeddings.detach().to(device, torch.float32)
+    source_embeddings = source_embeddings.detach().to(device, dtype)
 
-    direction = init.detach().to(device, torch.float32).clone().requires_grad_(True)
+    direction = init.detach().to(device, dtype).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([direction], lr=settings.lr, weight_decay=settings.weight_decay)
     coefficient_lr = settings.lr if settings.coefficient_lr is None else settings.coefficient_lr
     coefficients = CoefficientRule(
-        settings.coefficients, torch.ones(restarts, n_sources, device=device),
+        settings.coefficients, torch.ones(restarts, n_sources, device=device, dtype=dtype),
         lr=coefficient_lr, weight_decay=settings.coefficient_weight_decay,
     )
     restart_of = torch.arange(restarts, device=device).repeat_interleave(n_sources)
@@ -247,12 +258,12 @@ def optimise(
         k, n = restart_of[part], source_of[part]
         latents = sources[n] + coefficients.values[k, n][:, None, None] * direction[k]
         with autocast():
-            return encoder(render(generator, latents, settings.render_size)).float()
+            return encoder(render(generator, latents, settings.render_size)).to(dtype)
 
     best = dict(
         direction=direction.detach().clone(), coefficients=coefficients.values.detach().clone(),
-        loss=torch.full((restarts,), math.inf), transfer=torch.full((restarts,), math.nan),
-        consistency=torch.full((restarts,), math.nan), step=torch.full((restarts,), -1, dtype=torch.long),
+        loss=torch.full((restarts,), math.inf, dtype=dtype), transfer=torch.full((restarts,), math.nan, dtype=dtype),
+        consistency=torch.full((restarts,), math.nan, dtype=dtype), step=torch.full((restarts,), -1, dtype=torch.long),
     )
     history = {"loss": [], "transfer": [], "consistency": []}
     interrupted = False
@@ -270,7 +281,7 @@ def optimise(
                     embed_chunk, chunks, (restarts, n_sources),
                     lambda e: total_loss(e, source_embeddings, target, **loss_options), two_pass=two_pass,
                 )
-                loss, transfer, consistency = (t.detach().float().cpu() for t in (loss, transfer, consistency))
+                loss, transfer, consistency = (t.detach().to(dtype).cpu() for t in (loss, transfer, consistency))
                 # The snapshot is of the parameters this loss was measured on, i.e. before
                 # the update below (the reference saved them after it, one step late).
                 improved = loss < best["loss"]
@@ -302,7 +313,7 @@ def optimise(
 
     steps_done = len(history["loss"])
     stacked = {
-        key: torch.stack(values) if values else torch.zeros(0, restarts) for key, values in history.items()
+        key: torch.stack(values) if values else torch.zeros(0, restarts, dtype=dtype) for key, values in history.items()
     }
     return OptimiseResult(
         best_direction=best["direction"].cpu(),

@@ -163,6 +163,10 @@ class Transferrer:
         except ValueError as error:
             raise OptionError(str(error)) from None
         mix = EssenceMix(essence)
+        try:
+            mix.check_magnitude(strengths)
+        except ValueError as error:
+            raise OptionError(str(error)) from None
         generator = self.generator
         mix.check(generator.n_latent, generator.style_dim, self.generator_label)
         try:
@@ -199,20 +203,38 @@ class Transferrer:
         max_pixels = options.get("max_pixels")
         if max_pixels is not None and int(max_pixels) <= 0:
             options["max_pixels"] = None
+        if output is not None:
+            _check_output_folder(Path(output))
         return Settings(mode=mode, output=Path(output) if output is not None else None, **options)
 
     def _run(self, settings: Settings, inputs, recursive: bool, mix) -> Run:
+        from ..images import describe_unsupported
         from .inputs import discover
 
         sources = discover(inputs, recursive=recursive, exclude=settings.output)
+        skipped = describe_unsupported(sources.skipped) if sources.skipped else ""
         if not sources:
             raise EssencekitError(
                 "no photos or W+ latent files found in the given sources"
-                + ("" if recursive else " (add --recursive to look into sub-folders)")
+                + (f": {skipped}" if skipped else "")
+                + (f" (add --recursive to look into {sources.subfolders} sub-folder(s))" if sources.subfolders else "")
             )
+        if skipped:
+            self.notify(skipped)
         pipeline = Pipeline(self, settings, mix, notify=self.notify)
         items = pipeline.start(sources)
         return Run(pipeline, items)
+
+
+def _check_output_folder(output: Path) -> None:
+    """Refuse an output "folder" that is a file, or lies under one, before any work (making it
+    would fail later with a bare "File exists")."""
+    probe = output
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        problem = "is a file" if probe == output else f"cannot be a folder: {probe} is a file"
+        raise OptionError(f"-o {output} {problem}, but the output must be a folder: name a new or existing folder")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -242,8 +264,10 @@ def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, de
 
     Returns a :class:`Run`: iterate it to do the work; each item is a
     :class:`~essencekit.transfer.pipeline.Result`. Bad inputs are failed results, not
-    exceptions; options that cannot work raise ``ValueError``, missing weights and existing
-    outputs :class:`~essencekit.errors.EssencekitError`, before any work.
+    exceptions; options that cannot work (a strength whose edit is far larger than any essence
+    means, ``output`` naming a file, ...) raise ``ValueError``, missing weights, existing outputs
+    and outputs that would replace an input :class:`~essencekit.errors.EssencekitError`, before
+    any work.
     """
     models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner, notify=notify)
     return models.transfer(inputs, essence, strength, **options)

@@ -6,6 +6,10 @@ published essence (``joker``: an artifact of kind ``essence`` in the weight cach
 ``w + s * sum_i(weight_i * d_i)``. Without ``--strength`` each essence is applied at its own
 recommended strength, ``w + sum_i(weight_i * r_i * d_i)`` (``r_i`` = 1.0 for the published
 essences); ``--strength s`` replaces every ``r_i`` by ``s``.
+
+An edit that would move any W+ row by more than :data:`~essencekit.essence.MAX_ROW_NORM` (23
+times the largest row of a published essence at strength 1) is refused: it can only saturate
+the generator (docs/transfer.md).
 """
 
 from __future__ import annotations
@@ -20,22 +24,33 @@ import torch
 from torch import Tensor
 
 from ..errors import EssencekitError
-from ..essence import Essence, load_essence
+from ..essence import MAX_ROW_NORM, Essence, load_essence
 
 
 @dataclass
 class EssenceTerm:
     """One ``--essence``: the loaded essence, its ``weight``, its ``label`` in output names
-    (artifact name or file stem) and ``source`` (the file or artifact it came from)."""
+    (artifact name or file stem) and ``source`` (the file or artifact it came from, for
+    messages); ``path`` and ``sha256``: the file read, if any."""
 
     essence: Essence
     weight: float
     label: str
     source: str
+    path: Path | None = None
+    published: bool = False
+    sha256: str | None = None
 
     @property
     def recommended_strength(self) -> float:
         return self.essence.recommended_strength
+
+    def record(self) -> dict:
+        """What output files say about this essence: its name, file name and sha256, never the
+        folder it lives in (outputs are shared; a local path tells strangers about the machine)."""
+        origin = self.path.name if self.path is not None and not self.published else self.source
+        return {"name": self.label, "weight": self.weight, "source": origin, "sha256": self.sha256,
+                "recommended_strength": self.recommended_strength}
 
 
 def split_spec(spec: str) -> tuple[str, float]:
@@ -59,6 +74,28 @@ def published_essences() -> list[str]:
     return sorted(name for name, artifact in registered("weights").items() if artifact.kind == "essence")
 
 
+def resolve_essence(name: str, what: str = "") -> tuple[Path, bool]:
+    """The file of an essence named by path or by published name (``joker``: the verified file
+    in the weight cache), and whether it is a published one. ``what`` starts the messages
+    (``"--essence joker"``)."""
+    lead = f"{what}: " if what else ""
+    path = Path(name)
+    if path.is_file():
+        return path, False
+    published = published_essences()
+    if name in published:
+        from ..cache import resolve_artifact
+
+        return resolve_artifact(name), True
+    if path.suffix or "/" in name or os.sep in name:
+        raise EssencekitError(f"{lead}essence file not found: {path}")
+    listing = ", ".join(published) or "none registered"
+    raise EssencekitError(
+        f"{lead or name + ': '}no such essence file, and no published essence of that name (published: {listing}; "
+        "download them with `essencekit pull-weights essences`)"
+    )
+
+
 def load_term(spec) -> EssenceTerm:
     """Resolve one spec (a string, a path, an :class:`Essence` or an ``(essence, weight)`` pair)."""
     if isinstance(spec, tuple) and len(spec) == 2:
@@ -66,27 +103,29 @@ def load_term(spec) -> EssenceTerm:
         term.weight *= float(spec[1])
         return term
     if isinstance(spec, Essence):
+        try:
+            spec.validate()
+        except EssencekitError as error:
+            raise EssencekitError(f"essence {spec.name or '(in memory)'}: {error}") from None
         return EssenceTerm(spec, 1.0, spec.name or "essence", "in-memory essence")
     text = os.fspath(spec)
     if isinstance(spec, os.PathLike):
         name, weight = text, 1.0
     else:
         name, weight = split_spec(text)
-    path = Path(name)
-    if path.is_file():
-        return EssenceTerm(load_essence(path), weight, path.stem, str(path))
-    published = published_essences()
-    if name in published:
-        from ..cache import resolve_artifact
+        head, at, tail = text.rpartition("@")
+        if name == text and at and head and not Path(text).is_file() and (
+            Path(head).is_file() or head in published_essences()
+        ):
+            # "joker.pt@abc": the essence exists, so what follows '@' was meant as its weight
+            raise EssencekitError(f"--essence {text}: the weight after '@' must be a number, got {tail!r}")
+    path, published = resolve_essence(name, f"--essence {text}")
+    from ..cache import sha256_file
 
-        return EssenceTerm(load_essence(resolve_artifact(name)), weight, name, f"published essence {name}")
-    if path.suffix or "/" in name or os.sep in name:
-        raise EssencekitError(f"--essence {text}: essence file not found: {path}")
-    listing = ", ".join(published) or "none registered"
-    raise EssencekitError(
-        f"--essence {text}: no such essence file, and no published essence of that name (published: {listing}; "
-        "download them with `essencekit pull-weights essences`)"
-    )
+    essence, sha256 = load_essence(path), sha256_file(path)
+    if published:
+        return EssenceTerm(essence, weight, name, f"published essence {name}", path, True, sha256)
+    return EssenceTerm(essence, weight, path.stem, str(path), path, False, sha256)
 
 
 class EssenceMix:
@@ -118,8 +157,30 @@ class EssenceMix:
                 )
 
     def describe(self) -> list[dict]:
-        return [{"name": t.label, "weight": t.weight, "source": t.source,
-                 "recommended_strength": t.recommended_strength} for t in self.terms]
+        return [term.record() for term in self.terms]
+
+    def check_magnitude(self, strengths: list[float] | None) -> None:
+        """Raise ``ValueError`` when the edit at any of ``strengths`` (``None``: the recommended
+        ones) would move a W+ row by more than :data:`MAX_ROW_NORM`."""
+        if len({tuple(t.essence.direction.shape) for t in self.terms}) > 1:
+            return  # check() refuses the mix, naming the shapes
+        for strength in strengths if strengths is not None else [None]:
+            # in float64, so that 1e9 x a direction is a number to report, not inf
+            total = torch.zeros(self.terms[0].essence.direction.shape, dtype=torch.float64)
+            for term, scale in zip(self.terms, self.effective(strength)):
+                total += scale * term.essence.direction.double()
+            norms = total.norm(dim=1)
+            row = int(norms.nan_to_num(math.inf).argmax())
+            worst = float(norms[row])
+            if worst <= MAX_ROW_NORM:
+                continue
+            lead = "" if strength is None else f"--strength {float(strength):g}: "
+            applied = ", ".join(f"{t.label} x {e:g}" for t, e in zip(self.terms, self.effective(strength)))
+            raise ValueError(
+                f"{lead}the edit ({applied}) would move W+ row {row} by {worst:.3g}, more than {MAX_ROW_NORM:g}: "
+                "far outside any meaningful edit (the published essences move a row by at most 4.4 at strength "
+                "1); use a smaller --strength or @WEIGHT"
+            )
 
     def delta(self, strength: float | None, mask: Tensor | None = None) -> Tensor:
         """The W+ offset [n_latent, style_dim] added to every face at ``strength`` (``None``:
@@ -143,8 +204,10 @@ def parse_strengths(text: str | Sequence[float] | float | None) -> list[float] |
     if isinstance(text, (int, float)):
         values = [float(text)]
     elif isinstance(text, str):
+        if any(not part.strip() for part in text.split(",")):
+            raise ValueError(f"empty item in --strength {text!r}")
         try:
-            values = [float(part) for part in text.split(",") if part.strip()]
+            values = [float(part) for part in text.split(",")]
         except ValueError:
             raise ValueError(f"--strength takes a number or a comma list such as 0.5,1,1.5; got {text!r}") from None
     else:

@@ -12,20 +12,27 @@ one tensor ``face_<i>`` per inverted face::
 The cache root is ``$ESSENCEKIT_HOME`` (else the user cache folder, see
 :func:`essencekit.cache.cache_root`). Files are written atomically; deleting the folder is
 always safe. ``v1`` changes whenever the crop recipe changes what e4e sees.
+
+Nothing removes entries by itself: a hit marks its file as used (its modification time), and
+:func:`prune` (``essencekit cache prune --older-than DATE``) removes those unused since a date.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..aligners import FaceLandmarks
 from ..atomic import atomic_path
 
+if TYPE_CHECKING:  # torch is imported where tensors are made: `essencekit cache` needs none
+    from torch import Tensor
+
+LATENTS_DIR = "latents"
 RECIPE_VERSION = "v1"
 NO_ALIGN = "none"  # the aligner name of --no-align: the whole image is the crop
 
@@ -69,10 +76,7 @@ class LatentCache:
     """The cache of one (encoder, aligner) pair under ``root`` (``None``: the cache root)."""
 
     def __init__(self, encoder_sha256: str, aligner: str, root: Path | None = None):
-        from ..cache import cache_root
-
-        base = Path(root) if root is not None else cache_root()
-        self.folder = base / "latents" / RECIPE_VERSION / encoder_sha256[:16] / aligner
+        self.folder = latents_root(root) / RECIPE_VERSION / encoder_sha256[:16] / aligner
 
     def path(self, image_sha256: str) -> Path:
         return self.folder / image_sha256[:2] / f"{image_sha256}.safetensors"
@@ -91,11 +95,15 @@ class LatentCache:
                 latents = {int(k.split("_", 1)[1]): handle.get_tensor(k).float() for k in handle.keys()}
             faces = [CachedFace(int(f["index"]), _landmarks(f["landmarks"]), f["transform"], float(f["size"]))
                      for f in json.loads(meta["faces"])]
-            return CacheRecord(meta["mode"], faces, json.loads(meta.get("rejected", "[]")), latents)
+            record = CacheRecord(meta["mode"], faces, json.loads(meta.get("rejected", "[]")), latents)
         except Exception:  # noqa: BLE001 - any damage means "not cached"
             return None
+        with contextlib.suppress(OSError):  # a read-only cache still answers; it just cannot say so
+            os.utime(path)  # the last use: `cache prune` keeps what is still used, however old
+        return record
 
     def store(self, image_sha256: str, record: CacheRecord) -> None:
+        import torch
         from safetensors.torch import save_file
 
         tensors = {f"face_{i}": w.detach().to("cpu", torch.float32).contiguous() for i, w in record.latents.items()}
@@ -108,3 +116,60 @@ class LatentCache:
         path = self.path(image_sha256)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
+
+
+# --------------------------------------------------------------------------- housekeeping
+
+
+def latents_root(root: Path | None = None) -> Path:
+    """The folder of the W+ cache, every recipe version and encoder: ``<cache root>/latents``."""
+    from ..cache import cache_root
+
+    return (Path(root) if root is not None else cache_root()) / LATENTS_DIR
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of the W+ cache: an image's record, or a temporary file an interrupted write left."""
+
+    path: Path
+    size: int
+    mtime: float  # the last use of a record (see LatentCache.load); when it was written otherwise
+
+
+def entries(root: Path | None = None) -> list[Entry]:
+    """Every file under :func:`latents_root`, in path order."""
+    found = []
+    for folder, _, files in os.walk(latents_root(root)):
+        for name in files:
+            path = Path(folder) / name
+            with contextlib.suppress(OSError):  # removed meanwhile by another run's prune
+                stat = path.stat()
+                found.append(Entry(path, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda e: e.path)
+
+
+def prune(before: float, *, dry_run: bool = False, root: Path | None = None) -> list[Entry]:
+    """Remove the cache files last used before ``before`` (a POSIX timestamp) and the folders
+    left empty; returns what was (with ``dry_run``: would be) removed. A removed record only
+    costs one new inversion of that photo."""
+    old = [e for e in entries(root) if e.mtime < before]
+    if dry_run:
+        return old
+    removed = []
+    for entry in old:
+        try:
+            entry.path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            from ..cache import write_error
+
+            raise write_error(error, entry.path) from None
+        removed.append(entry)
+    base = latents_root(root)
+    for folder, _, _ in sorted(os.walk(base), key=lambda w: -len(w[0])):  # deepest first
+        if Path(folder) != base:
+            with contextlib.suppress(OSError):  # not empty (still used), or already gone
+                Path(folder).rmdir()
+    return removed

@@ -19,8 +19,10 @@ input order.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from torch import Tensor
 
 from ..errors import EssencekitError
 from .concurrency import OrderedPool, ordered_map
-from .inputs import Source
+from .inputs import InputFiles, Source, path_key
 from .latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 from .naming import NameRegistry, output_name, plan_bases
 from .writing import extension, save_image
@@ -192,6 +194,8 @@ class Pipeline:
         self.mix = mix
         self.notify = notify or (lambda message: None)
         self.registry = NameRegistry()
+        self.inputs = InputFiles([])  # the files the run reads: see start()
+        self._input_keys: list[str] = []
         self.cache: LatentCache | None = None
         self.deltas: list[Tensor] = []
         self.sweep = settings.strengths if settings.strengths is not None else [None]
@@ -200,11 +204,30 @@ class Pipeline:
     # -- set-up ----------------------------------------------------------------------------
 
     def start(self, sources: list[Source]) -> list[Item]:
-        """Load what the sources need, name the outputs that can be named before reading
-        anything, and apply the existing-file policy to them (raises when outputs exist and
-        neither ``overwrite`` nor ``skip_existing`` is set)."""
+        """Name the outputs that can be named before reading anything, refuse any that would
+        replace an input, apply the existing-file policy (raises when outputs exist and neither
+        ``overwrite`` nor ``skip_existing`` is set), then load what the sources need."""
         s = self.settings
         models = self.models
+        # names first: refusing a clash must not wait for the models (nor need them installed)
+        items = [Item(src, base) for src, base in zip(sources, plan_bases([src.rel for src in sources]))]
+        essence_files = [t.path for t in self.mix.terms if t.path is not None] if self.mix is not None else []
+        self.inputs = InputFiles([src.path for src in sources if not src.error] + essence_files)
+        self._input_keys = sorted(self.inputs.by_key)
+        existing = []
+        for item in items:
+            if item.source.error:
+                item.failure = item.source.error
+            elif self._names_known(item):
+                self._plan(item)
+                existing += [o.path for o in item.outputs if o.exists]
+            self._refuse_input_clash(item)
+        if existing and not (s.overwrite or s.skip_existing):
+            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+            raise EssencekitError(
+                f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
+                "them or --skip-existing to keep them (and resume an interrupted run)"
+            )
         images = any(src.kind == "image" and not src.error for src in sources)
         if images:
             models.encoder  # noqa: B018 - load e4e (and hash it) now, not in a reader thread
@@ -218,21 +241,49 @@ class Pipeline:
 
             mask = None if s.rows is None else row_mask(s.rows, generator.n_latent)
             self.deltas = [self.mix.delta(strength, mask) for strength in self.sweep]
-        items = [Item(src, base) for src, base in zip(sources, plan_bases([src.rel for src in sources]))]
-        existing = []
-        for item in items:
-            if item.source.error:
-                item.failure = item.source.error
-            elif self._names_known(item):
-                self._plan(item)
-                existing += [o.path for o in item.outputs if o.exists]
-        if existing and not (s.overwrite or s.skip_existing):
-            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-            raise EssencekitError(
-                f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
-                "them or --skip-existing to keep them (and resume an interrupted run)"
-            )
         return items
+
+    def _clash(self, item: Item) -> str:
+        """Why an output of ``item`` (planned, else any it could get once its faces are known)
+        would replace an input file, or ``""``. Checked whatever --overwrite and
+        --skip-existing say: a run must never destroy what it reads."""
+        out = self.settings.output
+        if out is None or item.source.error:
+            return ""
+        if item.outputs is not None:
+            pairs = [(p.path, self.inputs.clash(p.path)) for p in item.outputs]
+            pairs = [(path, source) for path, source in pairs if source is not None]
+        else:
+            # face numbers and repeat suffixes (-2) are not known yet: match any of them, among
+            # the inputs whose path starts as this item's outputs do (found by bisection, so a
+            # run of many photos into their own folder stays linear)
+            start = out / item.base
+            prefix = os.path.join(path_key(start.parent), os.path.normcase(start.name).casefold())
+            keys = self._input_keys
+            nearby = []
+            for i in range(bisect.bisect_left(keys, prefix), len(keys)):
+                if not keys[i].startswith(prefix):
+                    break
+                nearby.append(keys[i])
+            pairs = []
+            for planned in (self._names(item, [0]) + self._names(item, [-1, -1])) if nearby else []:
+                key = path_key(out / planned.path)
+                ext = os.path.splitext(key)[1]
+                body = re.escape(key[: len(key) - len(ext)]).replace(re.escape("_face-1"), r"_face\d+")
+                pattern = re.compile(body + r"(?:-\d+)?" + re.escape(ext))
+                pairs += [(out / planned.path, self.inputs.by_key[k]) for k in nearby if pattern.fullmatch(k)]
+        if not pairs:
+            return ""
+        path, source = pairs[0]
+        return (
+            f"{path} would overwrite the input file {source}: outputs never replace inputs, whatever --overwrite "
+            "says; choose another output folder (-o) or move the input"
+        )
+
+    def _refuse_input_clash(self, item: Item) -> None:
+        reason = self._clash(item)
+        if reason:
+            raise EssencekitError(reason + " (nothing was written)")
 
     def batch_size(self) -> int:
         if self.settings.batch_size:
@@ -245,29 +296,35 @@ class Pipeline:
         """Names that depend only on the source: whole photos (one per strength) and grids."""
         return self.settings.mode == "transfer" and item.source.kind == "image" and not self.settings.crops
 
-    def _plan(self, item: Item) -> None:
+    def _names(self, item: Item, faces: list[int]) -> list[Planned]:
+        """The outputs of ``item`` if it has the faces numbered ``faces``, named relative to
+        the output folder."""
         s = self.settings
         label = self.mix.label if self.mix is not None else ""
         sweep = len(self.sweep) > 1
+        several = len(faces) > 1
         planned: list[Planned] = []
         if s.mode == "invert":
-            several = len(item.faces) > 1
-            for f in item.faces:
-                name = output_name(item.base, "", ".safetensors", face=f.index if several else None)
-                planned.append(Planned(name, "latent", f.index))
+            for index in faces:
+                name = output_name(item.base, "", ".safetensors", face=index if several else None)
+                planned.append(Planned(name, "latent", index))
         elif self._names_known(item):
             for k, strength in enumerate(self.sweep):
                 planned.append(Planned(output_name(item.base, label, self.ext, strength=strength if sweep else None),
                                        "photo", None, k))
         else:
-            several = len(item.faces) > 1
-            for f in item.faces:
+            for index in faces:
                 for k, strength in enumerate(self.sweep):
-                    name = output_name(item.base, label, self.ext, face=f.index if several else None,
+                    name = output_name(item.base, label, self.ext, face=index if several else None,
                                        strength=strength if sweep else None)
-                    planned.append(Planned(name, "crop", f.index, k))
+                    planned.append(Planned(name, "crop", index, k))
         if s.grid and s.mode == "transfer":
             planned.append(Planned(output_name(item.base, label, ".png", tag="grid"), "grid"))
+        return planned
+
+    def _plan(self, item: Item) -> None:
+        s = self.settings
+        planned = self._names(item, [f.index for f in item.faces])
         for p in planned:
             if s.output is None:
                 p.path = None
@@ -303,10 +360,12 @@ class Pipeline:
 
     def _prepare_image(self, item: Item) -> None:
         from ..cache import sha256_file
-        from ..images import read_image
+        from ..images import check_image_size, read_image
 
         s = self.settings
         path = item.source.path
+        if s.max_pixels is not None:  # from the header, before the cache: a cached result must not skip the limit
+            check_image_size(path, max_pixels=s.max_pixels)
         item.sha256 = sha256_file(path) if path.is_file() and path.stat().st_size else ""
         mode = s.faces if s.align else NO_ALIGN
         record = self.cache.load(item.sha256) if self.cache is not None and item.sha256 else None
@@ -561,7 +620,9 @@ class Pipeline:
             for item in prepared:
                 if not item.failure and item.outputs is None:
                     self._plan(item)
-                    if self.settings.output is not None and not (s.overwrite or s.skip_existing):
+                    # the faces found may give a name the check at the start could not foresee
+                    item.failure = self._clash(item)
+                    if not item.failure and self.settings.output is not None and not (s.overwrite or s.skip_existing):
                         clash = next((o.path for o in item.outputs if o.exists), None)
                         if clash is not None:
                             item.failure = f"{clash} already exists; pass --overwrite or --skip-existing"

@@ -1,12 +1,14 @@
-"""The built-in compute backends: cpu, cuda and mps."""
+"""The built-in compute backends: cpu, cuda and mps.
+
+torch is imported inside the methods, when a backend is probed or used: registering the
+backends (every command does) must not cost torch's import (a second or more).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
-
-import torch
 
 import essencekit
 from essencekit import Backend
@@ -73,6 +75,8 @@ class CPUBackend(Backend):
 
     @property
     def device(self):
+        import torch
+
         return torch.device("cpu")
 
     def prepare(self, model):
@@ -87,6 +91,8 @@ class CUDABackend(Backend):
     modulated_conv = "grouped"
 
     def availability(self):
+        import torch
+
         if torch.version.cuda is None:
             return False, f"this torch build ({torch.__version__}) has no CUDA support"
         if not torch.cuda.is_available():
@@ -95,27 +101,39 @@ class CUDABackend(Backend):
 
     @property
     def device(self):
+        import torch
+
         return torch.device("cuda")
 
     @property
     def autocast_dtype(self):
+        import torch
+
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def prepare(self, model):
         # TF32 keeps fp32 range with tensor-core speed (convolutions use it by default);
         # the goldens are checked on the CPU in full fp32
+        import torch
+
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
         model = super().prepare(model)
         return model.to(memory_format=torch.channels_last)
 
     def synchronize(self):
+        import torch
+
         torch.cuda.synchronize()
 
     def peak_memory(self):
+        import torch
+
         return torch.cuda.max_memory_allocated()
 
     def reset_peak_memory(self):
+        import torch
+
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -126,6 +144,8 @@ class MPSBackend(Backend):
     modulated_conv = "shared"
 
     def availability(self):
+        import torch
+
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_built():
             return False, f"this torch build ({torch.__version__}) has no MPS support (Apple silicon, macOS only)"
@@ -135,17 +155,25 @@ class MPSBackend(Backend):
 
     @property
     def device(self):
+        import torch
+
         return torch.device("mps")
 
     @property
     def autocast_dtype(self):
         # bf16 autocast on MPS needs macOS 14 and is slower than fp16 where it works
+        import torch
+
         return torch.float16
 
     def synchronize(self):
+        import torch
+
         torch.mps.synchronize()
 
     def peak_memory(self):
+        import torch
+
         return torch.mps.driver_allocated_memory()
 
 

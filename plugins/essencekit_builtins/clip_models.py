@@ -1,7 +1,8 @@
 """The built-in CLIP variants: OpenAI's ViT-B/32 and RN50.
 
 The configs are open_clip's ``ViT-B-32-quickgelu`` and ``RN50-quickgelu``, written out as
-data so that listing plugins does not import open_clip. ``quick_gelu`` must stay True: OpenAI
+data so that listing plugins does not import open_clip (nor torch:
+:mod:`essencekit.clip_variant` is plain data). ``quick_gelu`` must stay True: OpenAI
 trained with QuickGELU, and its weights load without complaint into a GELU model that then
 computes wrong embeddings.
 """
@@ -9,7 +10,7 @@ computes wrong embeddings.
 from __future__ import annotations
 
 import essencekit
-from essencekit.clip import OPENAI_MEAN, OPENAI_STD, ClipVariant
+from essencekit.clip_variant import OPENAI_MEAN, OPENAI_STD, ClipVariant
 
 # OpenAI's text tower; the weights files hold it, so the strict load checks it too
 _TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}

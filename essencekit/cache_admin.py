@@ -1,0 +1,193 @@
+"""What is in the cache, and removing parts of it (``essencekit cache``).
+
+The cache root holds two things that grow: the weight artifacts ``pull-weights`` placed
+(``weights/<name>/``, laid out and recorded as :mod:`essencekit.cache` describes) and the W+
+cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.transfer.latent_cache`),
+one small file per photo ever inverted. Listing reads only file sizes and the records: a
+checkpoint is not re-hashed (``pull-weights --verify`` does that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import difflib
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import cache
+from .errors import EssencekitError
+from .transfer import latent_cache
+
+
+@dataclass
+class ArtifactUsage:
+    """One folder under ``weights/``. ``status``: ``ready`` (recorded by pull-weights; not
+    re-verified here), ``partial`` (an unfinished download, kept for resuming) or
+    ``unrecorded`` (files pull-weights has not verified)."""
+
+    name: str
+    path: Path
+    size: int
+    files: int
+    status: str
+    registered: bool
+    fetched_at: str = ""
+
+
+@dataclass
+class LatentUsage:
+    """The W+ records of one (recipe version, encoder, aligner); ``last_used`` is the newest
+    entry's last use and ``oldest`` the least recently used one's, as ISO dates."""
+
+    recipe: str
+    encoder: str  # the first 16 hex digits of the encoder's sha256
+    aligner: str
+    path: Path
+    size: int
+    entries: int
+    oldest: str
+    last_used: str
+
+
+@dataclass
+class CacheUsage:
+    root: Path
+    artifacts: list[ArtifactUsage] = field(default_factory=list)
+    latents: list[LatentUsage] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(a.size for a in self.artifacts) + sum(group.size for group in self.latents)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": str(self.root),
+            "size": self.size,
+            "artifacts": [_jsonable(asdict(a)) for a in self.artifacts],
+            "latents": [_jsonable(asdict(group)) for group in self.latents],
+        }
+
+
+def _jsonable(data: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def _day(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).date().isoformat()
+
+
+def _registered() -> dict:
+    from .plugins import registered
+
+    return registered("weights")
+
+
+def _files(folder: Path) -> list[Path]:
+    return [Path(root) / name for root, _, names in os.walk(folder) for name in names]
+
+
+def _total_size(paths) -> int:
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):  # removed meanwhile
+            total += path.stat().st_size
+    return total
+
+
+def _artifact_usage(folder: Path, registered) -> ArtifactUsage:
+    files = [p for p in _files(folder) if p.name != cache.LOCK_FILE]
+    record = cache.read_record(folder.name)
+    if record is not None and record.path.is_file():
+        status = "ready"
+    elif any(p.name.endswith(cache.PART_SUFFIX) for p in files):
+        status = "partial"
+    else:
+        status = "unrecorded"
+    return ArtifactUsage(
+        folder.name, folder, _total_size(files), len(files), status, folder.name in registered,
+        record.fetched_at if record is not None else "",
+    )
+
+
+def usage() -> CacheUsage:
+    """What the cache at :func:`essencekit.cache.cache_root` holds."""
+    result = CacheUsage(cache.cache_root())
+    registered = _registered()
+    weights = cache.weights_dir()
+    if weights.is_dir():
+        result.artifacts = [_artifact_usage(d, registered) for d in sorted(weights.iterdir()) if d.is_dir()]
+    base = latent_cache.latents_root()
+    groups: dict[tuple[str, ...], list[latent_cache.Entry]] = {}
+    for entry in latent_cache.entries():
+        # <recipe>/<encoder>/<aligner>/<xx>/<sha>.safetensors; anything else is grouped by what it has
+        parts = entry.path.relative_to(base).parts[:3]
+        groups.setdefault(parts + ("",) * (3 - len(parts)), []).append(entry)
+    for (recipe, encoder, aligner), found in sorted(groups.items()):
+        times = [e.mtime for e in found]
+        result.latents.append(LatentUsage(
+            recipe, encoder, aligner, base.joinpath(*(p for p in (recipe, encoder, aligner) if p)),
+            sum(e.size for e in found), len(found), _day(min(times)), _day(max(times)),
+        ))
+    return result
+
+
+def remove_artifact(name: str) -> ArtifactUsage:
+    """Delete one artifact's folder (its file, conversion, record, pin and any partial
+    download); returns what was removed. Refuses names that are not in the cache, and waits
+    for no one: an artifact ``pull-weights`` is working on is refused too."""
+    weights = cache.weights_dir()
+    folder = weights / name
+    if not name or name in (".", "..") or Path(name).name != name or not folder.is_dir():
+        present = sorted(d.name for d in weights.iterdir() if d.is_dir()) if weights.is_dir() else []
+        close = difflib.get_close_matches(name, present, n=3)
+        if close:
+            hint = f" (did you mean {', '.join(close)}?)"
+        elif name in _registered():
+            hint = " (it is registered but not downloaded: nothing to remove)"
+        else:
+            hint = ""
+        raise EssencekitError(
+            f"{name!r} is not in the weight cache {weights}{hint}; `essencekit cache list` shows what is"
+        )
+    removed = _artifact_usage(folder, _registered())
+
+    def busy(holder: str) -> None:
+        raise EssencekitError(
+            f"cannot remove {name}: `essencekit pull-weights` ({holder}) is working on it; wait for it to finish"
+        )
+
+    try:
+        with cache.artifact_lock(name, timeout=0, on_wait=busy):
+            # the lock file stays open until the block ends (Windows cannot delete it before)
+            for child in folder.iterdir():
+                if child.name == cache.LOCK_FILE:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+    except OSError as error:
+        raise cache.write_error(error, folder) from None
+    return removed
+
+
+@dataclass
+class PruneResult:
+    before: str  # the date: entries last used before it were removed
+    entries: int
+    size: int
+    dry_run: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prune_latents(before: datetime.date, *, dry_run: bool = False) -> PruneResult:
+    """Remove the W+ records last used before ``before`` (local midnight starting that day)."""
+    cutoff = datetime.datetime.combine(before, datetime.time()).timestamp()
+    gone = latent_cache.prune(cutoff, dry_run=dry_run)
+    return PruneResult(before.isoformat(), len(gone), sum(e.size for e in gone), dry_run)
