@@ -202,7 +202,7 @@ def _open_header(handle, name: str, path, max_pixels: int | None) -> Image.Image
             path,
             "too-large",
             f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
-            f"{_megapixels(max_pixels)} megapixels (a possible decompression bomb); raise it with --max-pixels if you trust the file",
+            f"{_megapixels(max_pixels)} megapixels (a possible decompression bomb); if you trust the file, raise max_pixels (--max-pixels in transfer and invert)",
         )
     return image
 

@@ -112,6 +112,25 @@ def test_plugin_guide_test_passes_on_the_example_plugin(monkeypatch):
     namespace["test_registers_the_variant_and_its_weights"]()
 
 
+def test_the_example_plugin_is_light_and_its_config_is_open_clips(monkeypatch):
+    """The example plugin gives its model configuration as data (so that loading it, which every
+    command does, imports no torch); the data must be open_clip's own configuration."""
+    import subprocess
+    import sys
+
+    import open_clip
+
+    monkeypatch.syspath_prepend(str(DOCS / "example-plugin"))
+    import essencekit_vit_b_16
+
+    variants = []
+    essencekit_vit_b_16.register_clip_models(variants.append)
+    assert variants[0].open_clip_config == open_clip.get_model_config("ViT-B-16-quickgelu")
+    probe = "import sys, essencekit_vit_b_16; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=DOCS / "example-plugin", capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_guide_commands_use_real_commands_and_options():
     """Every `essencekit CMD --option` in the guides' shell blocks exists."""
     import shlex

@@ -215,6 +215,9 @@ def test_report_has_table_plot_and_grid(setup):
     assert page.count("<polyline") == 2 and page.count("<circle") == 6
     assert page.count("data:image/jpeg;base64,") == 10
     assert "alpha" in page and "identity leak" in page
+    # reports are shared: they name an essence by its file, not by the folder it lives in
+    assert [e.source for e in result.essences] == ["alpha.pt", "beta.pt"]
+    assert str(setup.essences["alpha"]) not in page and str(setup.tmp) not in json.dumps(result.to_json()["essences"])
     path = write_report(result, setup.tmp / "r" / "report.html")
     written = path.read_text(encoding="utf-8")
     assert written.startswith("<!DOCTYPE html>") and written.count("data:image/jpeg;base64,") == 10

@@ -276,7 +276,7 @@ class Evaluator:
                 clip = {name: judge.encode_target(target.image).float().cpu() for name, judge in judges.items()}
             target_embeddings.append((identity, clip))
             own = [s for s in (sweep or default_strengths(term.recommended_strength)) if s != 0]
-            infos.append(EssenceInfo(label, term.source, target.file or target.name, how, clip_name, own))
+            infos.append(EssenceInfo(label, term.shared_source, target.file or target.name, how, clip_name, own))
 
         measured: list = []  # (source, face) keys in order
         failures: list[dict] = []

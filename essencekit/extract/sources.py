@@ -29,7 +29,6 @@ from torch import Tensor
 from ..errors import EssencekitError
 
 TRUNCATION = 0.7
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 Inverter = Callable[[object], Tensor]  # PIL image -> W+ [n_latent, style_dim]
 
@@ -120,11 +119,12 @@ def load_latent_file(path: Path) -> Tensor:
 
 def invert_folder(folder: Path, inverter: Inverter, needed: int, notify: Callable[[str], None]) -> Tensor:
     """W+ latents of the face photos in ``folder`` (sorted by name), until ``needed`` are found."""
-    from ..images import read_image
+    from ..images import photo_suffixes, read_image
 
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    suffixes = photo_suffixes()  # the formats transfer reads, HEIC included where pillow-heif is
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
     if not photos:
-        raise EssencekitError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in the sources folder {folder}")
+        raise EssencekitError(f"no photos (.jpg, .png, .webp, .heic, ...) in the sources folder {folder}")
     latents, skipped = [], []
     for photo in photos:
         if len(latents) == needed:

@@ -45,11 +45,16 @@ class EssenceTerm:
     def recommended_strength(self) -> float:
         return self.essence.recommended_strength
 
+    @property
+    def shared_source(self) -> str:
+        """Where the essence came from as outputs and reports say it: the file name or the
+        published name, never the folder it lives in (outputs are shared; a local path tells
+        strangers about the machine)."""
+        return self.path.name if self.path is not None and not self.published else self.source
+
     def record(self) -> dict:
-        """What output files say about this essence: its name, file name and sha256, never the
-        folder it lives in (outputs are shared; a local path tells strangers about the machine)."""
-        origin = self.path.name if self.path is not None and not self.published else self.source
-        return {"name": self.label, "weight": self.weight, "source": origin, "sha256": self.sha256,
+        """What output files say about this essence: its name, file name and sha256."""
+        return {"name": self.label, "weight": self.weight, "source": self.shared_source, "sha256": self.sha256,
                 "recommended_strength": self.recommended_strength}
 
 
