@@ -8,8 +8,6 @@ objects plugins register (:class:`Backend`, :class:`ClipVariant`, :class:`Weight
 :class:`Aligner`) and the :data:`hookimpl` marker for plugin authors.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
 # First, before anything imports torch: torch reads this at its first allocation.
 from .hugepages import request_huge_pages
 
@@ -22,12 +20,8 @@ from .backends import Backend, select_backend
 from .clip_variant import ClipVariant
 from .errors import EssencekitError
 from .hookspecs import hookimpl
+from .version import __version__
 from .weights import WeightArtifact
-
-try:
-    __version__ = _version("essencekit")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "Aligner",
@@ -51,15 +45,15 @@ __all__ = [
 ]
 
 _LAZY = {
-    "extract": ("essencekit.extract.api", "extract"),
+    "extract": ("essencekit.extraction.api", "extract"),
     "load_essence": ("essencekit.essence", "load_essence"),
     "load_clip": ("essencekit.api", "load_clip"),
     "load_encoder": ("essencekit.api", "load_encoder"),
     "load_generator": ("essencekit.api", "load_generator"),
     "load_identity_model": ("essencekit.api", "load_identity_model"),
-    "transfer": ("essencekit.transfer.api", "transfer"),
+    "transfer": ("essencekit.transfers.api", "transfer"),
     "evaluate": ("essencekit.evaluation.api", "evaluate"),
-    "invert": ("essencekit.transfer.api", "invert"),
+    "invert": ("essencekit.transfers.api", "invert"),
 }
 
 

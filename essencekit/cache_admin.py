@@ -2,7 +2,7 @@
 
 The cache root holds two things that grow: the weight artifacts ``pull-weights`` placed
 (``weights/<name>/``, laid out and recorded as :mod:`essencekit.cache` describes) and the W+
-cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.transfer.latent_cache`),
+cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.transfers.latent_cache`),
 one small file per photo ever inverted. Listing reads only file sizes and the records: a
 checkpoint is not re-hashed (``pull-weights --verify`` does that).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import cache
 from .errors import EssencekitError
-from .transfer import latent_cache
+from .transfers import latent_cache
 
 
 @dataclass

@@ -216,7 +216,7 @@ class DownloadResult:
 
 
 def user_agent() -> str:
-    from . import __version__
+    from .version import __version__
 
     return f"essencekit/{__version__} (weights downloader; python-requests {requests.__version__})"
 

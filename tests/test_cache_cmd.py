@@ -15,8 +15,8 @@ import torch
 from essencekit import cache
 from essencekit.aligners import FaceLandmarks
 from essencekit.cli import main
-from essencekit.cli.pull_weights import _size
-from essencekit.transfer.latent_cache import CachedFace, CacheRecord, LatentCache
+from essencekit.cli.pull_weights_cmd import _size
+from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
 
 OLD = datetime.datetime(2020, 1, 1, 12).timestamp()
 ENCODER = "ab" * 32

@@ -23,7 +23,7 @@ from essencekit.evaluation.metrics import clip_changes, mean_pairwise_cosine, pa
 from essencekit.evaluation.report import render_html, write_report
 from essencekit.models.arcface import load_identity_checkpoint
 from essencekit.models.e4e import load_encoder_checkpoint
-from essencekit.transfer.pipeline import OptionError, to_uint8
+from essencekit.transfers.pipeline import OptionError, to_uint8
 
 FIXTURES = Path(__file__).parent / "fixtures"
 E4E = FIXTURES / "tiny-e4e.pt"

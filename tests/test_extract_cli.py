@@ -17,8 +17,8 @@ import essencekit
 from essencekit.cli import main
 from essencekit.errors import EssencekitError
 from essencekit.essence import load_essence
-from essencekit.extract import optimise as optimise_module
-from essencekit.extract.eta import EtaEstimator, format_duration
+from essencekit.extraction import optimise as optimise_module
+from essencekit.extraction.eta import EtaEstimator, format_duration
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GENERATOR = FIXTURES / "tiny-stylegan2.pt"
@@ -303,7 +303,7 @@ def test_python_api_refuses_a_clip_set_up_for_another_generator(tiny_generator, 
 
 
 def test_held_out_sources_take_no_part_in_the_optimisation(tiny_generator):
-    from essencekit.extract.sources import resolve_sources
+    from essencekit.extraction.sources import resolve_sources
 
     sampled = resolve_sources(None, tiny_generator, num_sources=3, held_out=2, seed=0)
     assert sampled.train.shape == (3, 10, 64) and sampled.held_out.shape == (2, 10, 64)
@@ -334,7 +334,7 @@ def test_eta_ignores_the_warm_up_and_warns_once():
 
 def test_long_runs_suggest_the_faster_options(capsys):
     from essencekit.cli.extract_cmd import _Display
-    from essencekit.extract.optimise import StepReport
+    from essencekit.extraction.optimise import StepReport
 
     display = _Display(1000, "obama.jpg", "cpu", 1024, enabled=False)
     for step in range(4):

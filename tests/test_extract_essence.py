@@ -125,13 +125,15 @@ def test_broken_files_give_one_line_errors(tmp_path, content, match):
 
 
 def test_top_level_api_exports():
-    assert essencekit.load_essence is load_essence
-    assert callable(essencekit.extract)
     import importlib
+    import inspect
 
-    importlib.import_module("essencekit.extract.losses")  # binds essencekit.extract to the package
-
-    assert callable(essencekit.extract)
+    assert essencekit.load_essence is load_essence
+    # importing the packages binds only their own names: no package shares a function's name
+    for package in ("essencekit.extraction.losses", "essencekit.transfers.api", "essencekit.evaluation.api"):
+        importlib.import_module(package)
+    for name in ("extract", "transfer", "invert", "evaluate"):
+        assert inspect.isfunction(getattr(essencekit, name)), name
     assert "extract" in essencekit.__all__ and "load_essence" in essencekit.__all__
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from essencekit.extract.coefficients import CoefficientRule
-from essencekit.extract.losses import consistency_loss, total_loss, transfer_loss
-from essencekit.extract.schedule import learning_rate, schedule_factor
+from essencekit.extraction.coefficients import CoefficientRule
+from essencekit.extraction.losses import consistency_loss, total_loss, transfer_loss
+from essencekit.extraction.schedule import learning_rate, schedule_factor
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from essencekit.clip import ClipEncoder, build_clip_model, build_clip_visual, clip_resize
-from essencekit.extract.optimise import OptimiseSettings, evaluate_directions, optimise
-from essencekit.extract.schedule import learning_rate
-from essencekit.extract.sources import derive_seed, random_directions, sample_latents
+from essencekit.extraction.optimise import OptimiseSettings, evaluate_directions, optimise
+from essencekit.extraction.schedule import learning_rate
+from essencekit.extraction.sources import derive_seed, random_directions, sample_latents
 from essencekit.models.stylegan2 import Generator, GeneratorConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -72,8 +72,8 @@ def test_replays_the_reference_trace(trace, generator, batch_size):
 
 def test_two_pass_gradients_equal_one_graph(trace, generator):
     """The chunked two-pass backward gives the gradients of the single graph."""
-    from essencekit.extract.losses import total_loss
-    from essencekit.extract.optimise import backward_in_chunks, chunk_slices
+    from essencekit.extraction.losses import total_loss
+    from essencekit.extraction.optimise import backward_in_chunks, chunk_slices
 
     encoder = StandIn(trace)
     sources = trace["trace.sources"]
@@ -165,7 +165,7 @@ def test_loss_falls_and_best_snapshot_is_the_measured_one(generator, clip_encode
         with torch.no_grad():
             embeddings = clip_encoder(generator.synthesis(edited))
             sources_embedded = clip_encoder(generator.synthesis(sources))
-        from essencekit.extract.losses import total_loss
+        from essencekit.extraction.losses import total_loss
 
         loss, _, _ = total_loss(embeddings, sources_embedded, target.reshape(-1))
         assert loss.item() == pytest.approx(result.best_loss[k].item(), abs=1e-5)
@@ -183,7 +183,7 @@ def test_held_out_evaluation_matches_a_direct_computation(generator, clip_encode
         base = clip_encoder(generator.synthesis(held))
         for k in range(2):
             edited = clip_encoder(generator.synthesis(held + strengths[k] * directions[k]))
-            from essencekit.extract.losses import total_loss
+            from essencekit.extraction.losses import total_loss
 
             expected = total_loss(edited, base, target.reshape(-1))
             assert loss[k].item() == pytest.approx(expected[0].item(), abs=1e-5)
@@ -292,7 +292,7 @@ def test_fast_mode_on_a_512px_generator():
 def test_chunk_plan_prefers_one_graph_then_plain_chunks_then_checkpointing(monkeypatch):
     from essencekit.backends import select_backend
     from essencekit.bench.generator import ffhq_config
-    from essencekit.extract import memory
+    from essencekit.extraction import memory
 
     class FFHQ:
         config = ffhq_config(1024)

@@ -311,8 +311,8 @@ def test_the_pixel_limit_holds_for_a_cached_result_too(bomb_12k, cached, tmp_pat
 
     from essencekit.cache import sha256_file
     from essencekit.faces import face_from_aligned_crop
-    from essencekit.transfer import Transferrer
-    from essencekit.transfer.latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
+    from essencekit.transfers import Transferrer
+    from essencekit.transfers.latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 
     models = Transferrer(encoder=FIXTURES / "tiny-e4e.pt", device="cpu")
     generator = models.generator
@@ -343,7 +343,7 @@ def _heic(path, pixels=SMOOTH):
 
 
 def test_heic_photos_are_read_and_found_in_folders(tmp_path):
-    from essencekit.transfer.inputs import discover
+    from essencekit.transfers.inputs import discover
 
     path = _heic(tmp_path / "IMG_0001.HEIC")
     image = read_image(path)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import essencekit
 from essencekit import WeightArtifact, cache, plugins, pull
-from essencekit.cli.pull_weights import register
+from essencekit.cli.pull_weights_cmd import register
 from essencekit.download import RetryPolicy
 from essencekit.errors import EssencekitError
 
@@ -937,7 +937,7 @@ def test_verify_reports_hashing_progress(server, add_artifacts):
 
 
 def test_cli_hash_bar_only_for_large_files():
-    from essencekit.cli.pull_weights import _HashProgress
+    from essencekit.cli.pull_weights_cmd import _HashProgress
 
     class FakeRich:
         def __init__(self):

@@ -15,8 +15,8 @@ from PIL import Image
 from essencekit import FaceLandmarks
 from essencekit.errors import EssencekitError
 from essencekit.essence import Essence
-from essencekit.transfer import concurrency, essences, inputs, layers, naming, writing
-from essencekit.transfer.latent_cache import CachedFace, CacheRecord, LatentCache
+from essencekit.transfers import concurrency, essences, inputs, layers, naming, writing
+from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
 
 # --------------------------------------------------------------------------- --layers
 

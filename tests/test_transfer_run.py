@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 import essencekit
-import essencekit.transfer
+import essencekit.transfers
 from essencekit.cli import main
 from essencekit.errors import EssencekitError
 from essencekit.essence import Essence
-from essencekit.transfer import Transferrer
-from essencekit.transfer.writing import read_metadata
+from essencekit.transfers import Transferrer
+from essencekit.transfers.writing import read_metadata
 
 FIXTURES = Path(__file__).parent / "fixtures"
 E4E = FIXTURES / "tiny-e4e.pt"
@@ -292,7 +292,7 @@ def test_invert_writes_latents_that_transfer_accepts(photos, essence_files, tmp_
 
 
 def test_the_python_api(crops, essence_files, tmp_path):
-    run = essencekit.transfer.transfer(crops, essence_files["tiny"], [0, 2], align=False, encoder=E4E, device="cpu")
+    run = essencekit.transfers.transfer(crops, essence_files["tiny"], [0, 2], align=False, encoder=E4E, device="cpu")
     assert run.total == 3
     results = list(run)
     assert [(Path(r.source).name, r.strength, r.status) for r in results] == [
@@ -300,18 +300,18 @@ def test_the_python_api(crops, essence_files, tmp_path):
     assert results[0].image.size == (96, 96) and results[-1].last
     # strength 0 in difference mode: the input back exactly
     assert np.array_equal(np.asarray(results[0].image), _pixels(crops / "c1.png"))
-    inverted = list(essencekit.transfer.invert(crops / "c2.png", align=False, encoder=E4E, device="cpu"))
+    inverted = list(essencekit.transfers.invert(crops / "c2.png", align=False, encoder=E4E, device="cpu"))
     assert inverted[0].w_plus.shape == (10, 64) and inverted[0].status == "done"
     with pytest.raises(ValueError, match="faces"):
-        essencekit.transfer.transfer(crops, essence_files["tiny"], faces="every", encoder=E4E, device="cpu")
+        essencekit.transfers.transfer(crops, essence_files["tiny"], faces="every", encoder=E4E, device="cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(EssencekitError, match="no photos or W\\+ latent files"):
-        essencekit.transfer.transfer(tmp_path / "empty", essence_files["tiny"], encoder=E4E, device="cpu")
+        essencekit.transfers.transfer(tmp_path / "empty", essence_files["tiny"], encoder=E4E, device="cpu")
 
 
 def test_memory_stays_flat_by_streaming(models, essence_files, tmp_path, monkeypatch):
     """However many inputs, only a batch of them is held between reading and writing."""
-    from essencekit.transfer import pipeline
+    from essencekit.transfers import pipeline
 
     folder = tmp_path / "many"
     folder.mkdir()

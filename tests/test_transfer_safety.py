@@ -16,7 +16,7 @@ import essencekit
 from essencekit.cache import sha256_file
 from essencekit.cli import main
 from essencekit.essence import Essence
-from essencekit.transfer.writing import read_metadata
+from essencekit.transfers.writing import read_metadata
 
 FIXTURES = Path(__file__).parent / "fixtures"
 E4E = FIXTURES / "tiny-e4e.pt"

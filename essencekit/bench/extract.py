@@ -3,7 +3,7 @@
 Two loops on the same random weights (FFHQ-shaped generator, a registered CLIP variant with
 random weights), the same sources, target embedding and initial directions:
 
-* ``essencekit``: :func:`essencekit.extract.optimise.optimise` as ``essencekit extract`` runs
+* ``essencekit``: :func:`essencekit.extraction.optimise.optimise` as ``essencekit extract`` runs
   it: source embeddings computed once, the exact small-matrix resize to CLIP, essencekit's
   resampling ops and the backend's modulated convolution, the backend's autocast, chunks of
   the automatic ``--batch-size`` (two-pass backward when there is more than one chunk,
@@ -85,7 +85,7 @@ def _reference_loop(generator, visual, sources, target, init, steps: int, total_
     import torch
     import torch.nn.functional as F
 
-    from ..extract.schedule import learning_rate
+    from ..extraction.schedule import learning_rate
 
     size = generator.size
     count = sources.shape[0]
@@ -128,9 +128,9 @@ def run_case(spec: dict) -> dict:
     import torch
 
     from ..backends import select_backend
-    from ..extract.memory import plan_chunks
-    from ..extract.optimise import OptimiseSettings, optimise
-    from ..extract.sources import random_directions, sample_latents
+    from ..extraction.memory import plan_chunks
+    from ..extraction.optimise import OptimiseSettings, optimise
+    from ..extraction.sources import random_directions, sample_latents
 
     backend = select_backend(spec.get("backend"))
     generator, encoder = _models(spec, backend)

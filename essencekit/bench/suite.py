@@ -101,7 +101,7 @@ def _inversion(spec: dict) -> dict:
     import torch
 
     from ..backends import select_backend
-    from ..transfer.pipeline import auto_batch_size
+    from ..transfers.pipeline import auto_batch_size
     from .transfer import build_models
 
     backend = select_backend(spec["backend"])
@@ -267,7 +267,7 @@ def run_suite(
     (default: a worker process, given up after ``timeout`` seconds); ``progress`` gets a line
     before and after each case. Options that cannot work raise :class:`ValueError`.
     """
-    from .. import __version__
+    from ..version import __version__
     from ..backends import select_backend
 
     selected = check_options(cases, repeats=repeats, size=size, batch=batch, images=images,

@@ -137,7 +137,7 @@ def _reference_loop(e4e, direction, photos: list[Path], out: Path, backend) -> N
 
 def _pipeline_loop(e4e, direction, photos: list[Path], out: Path, backend, batch_size: int | None, workers: int | None):
     from ..essence import Essence
-    from ..transfer.api import Transferrer
+    from ..transfers.api import Transferrer
 
     models = Transferrer(encoder=e4e, device=backend)
     run = models.transfer(photos, Essence(direction, metadata={"name": "bench"}), output=out, align=False,

@@ -58,7 +58,7 @@ def _interrupted() -> int:
 
 # each module adds its command(s) through register(app)
 COMMAND_MODULES = (
-    "essencekit.cli.pull_weights",
+    "essencekit.cli.pull_weights_cmd",
     "essencekit.cli.cache_cmd",
     "essencekit.cli.plugins_cmd",
     "essencekit.cli.doctor_cmd",
@@ -90,7 +90,7 @@ def build_app() -> typer.Typer:
 
     def _print_version(value: bool):
         if value:
-            from .. import __version__
+            from ..version import __version__
 
             typer.echo(f"essencekit {__version__}")
             raise typer.Exit()

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from ..errors import EssencekitError
 from .output import ResultTable, err, out, print_json
-from .pull_weights import _size  # the one human-size formatter of the CLI (SI: kB, MB, GB)
+from .pull_weights_cmd import _size  # the one human-size formatter of the CLI (SI: kB, MB, GB)
 
 HELP = """Show and clean up the cache: downloaded weights and the W+ cache of transfer/invert.
 

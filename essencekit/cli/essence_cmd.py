@@ -37,7 +37,7 @@ def info(
 ):
     """Show an essence's metadata: how it was made, its losses and recommended strength."""
     from ..essence import load_essence
-    from ..transfer.essences import resolve_essence
+    from ..transfers.essences import resolve_essence
 
     path, _ = resolve_essence(essence)  # as `transfer --essence` does: a file, else a published name
     data = load_essence(path).info()
@@ -80,7 +80,7 @@ def export(
     """Write an essence in another format; OUT.npy is the published TargetCLIP format ((1, 18, 512) float32)."""
     from ..errors import EssencekitError
     from ..essence import SUFFIXES, load_essence
-    from ..transfer.essences import resolve_essence
+    from ..transfers.essences import resolve_essence
 
     if output.suffix.lower() not in SUFFIXES:
         raise EssencekitError(

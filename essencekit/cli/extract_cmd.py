@@ -60,7 +60,7 @@ class _Display:
     """Progress on stderr: a live Rich bar for a person at a terminal, a few log lines otherwise."""
 
     def __init__(self, steps: int, label: str, backend_name: str, size: int, enabled: bool):
-        from ..extract.eta import EtaEstimator
+        from ..extraction.eta import EtaEstimator
 
         self.steps, self.label, self.backend_name, self.size = steps, label, backend_name, size
         self.eta = EtaEstimator(steps)
@@ -97,7 +97,7 @@ class _Display:
             err.print(f"[dim]{escape(self.label)}: {escape(text)}[/dim]", highlight=False)
 
     def step(self, report) -> None:
-        from ..extract.eta import format_duration
+        from ..extraction.eta import format_duration
 
         self.eta.update(report.seconds)
         best = int(report.loss.argmin())
@@ -195,8 +195,8 @@ def extract(
     ),
 ):
     """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
-    from ..extract.api import ExtractionInterrupted, Extractor, read_target
-    from ..extract.settings import ExtractSettings
+    from ..extraction.api import ExtractionInterrupted, Extractor, read_target
+    from ..extraction.settings import ExtractSettings
 
     settings = ExtractSettings(
         steps=steps, lr=lr, weight_decay=weight_decay, lambda_transfer=lambda_transfer,

@@ -44,7 +44,7 @@ def invert(
     sha256, face index, crop quad). `essencekit transfer` accepts these files as sources.
     """
     from ..images import DEFAULT_MAX_PIXELS
-    from ..transfer.api import Transferrer
+    from ..transfers.api import Transferrer
 
     def notify(message: str) -> None:
         err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)

@@ -119,7 +119,7 @@ def command_help(doc: str, exits: str = EXIT_HELP) -> str:
 
 def usage_errors(call):
     """Run ``call()``, turning an option that cannot work into a usage error (exit 2)."""
-    from ..transfer.pipeline import OptionError
+    from ..transfers.pipeline import OptionError
 
     try:
         return call()
@@ -200,7 +200,7 @@ def transfer(
     photo and _s<strength> at the end in a sweep (docs/transfer.md).
     """
     from ..images import DEFAULT_MAX_PIXELS
-    from ..transfer.api import Transferrer
+    from ..transfers.api import Transferrer
 
     def notify(message: str) -> None:
         err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import EssencekitError
-from ..transfer.pipeline import OptionError
+from ..transfers.pipeline import OptionError
 from .metrics import Summary, clip_changes, mean_pairwise_cosine, paired_cosine, summarize
 from .sources import limit_sources, resolve_sources
 
@@ -94,7 +94,7 @@ class Evaluation:
     grid: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        from .. import __version__
+        from ..version import __version__
 
         return {
             "essencekit_version": __version__, "generator": self.generator, "identity_model": self.identity_model,
@@ -151,7 +151,7 @@ class _Embedder:
 
 class Evaluator:
     """The models of an evaluation, loaded once: the transfer models (``encoder``,
-    ``generator``, ``device``, ``aligner``: see :class:`essencekit.transfer.Transferrer`),
+    ``generator``, ``device``, ``aligner``: see :class:`essencekit.transfers.Transferrer`),
     the ``identity_model`` (path or artifact name, default ``arcface-ir-se50``, or a loaded
     model) and the CLIP ``judges`` (registered names; ``clip_weights`` maps a name to its
     weights file when it is not in the cache). Every essence is judged through the same
@@ -161,7 +161,7 @@ class Evaluator:
     def __init__(self, *, encoder=None, generator=None, device=None, aligner=None, identity_model=None,
                  judges: Sequence[str] = DEFAULT_JUDGES, clip_weights: dict[str, str] | None = None,
                  clip_input: str = "raw", notify: Callable[[str], None] | None = None):
-        from ..transfer.api import Transferrer
+        from ..transfers.api import Transferrer
 
         self.models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner,
                                   notify=notify)
@@ -235,8 +235,8 @@ class Evaluator:
 
     def _evaluate(self, stack, essences, targets, sources, strengths, *, align, align_target, batch_size, cache,
                   grid_sources, max_sources, progress) -> Evaluation:
-        from ..extract.api import read_target
-        from ..transfer.essences import EssenceMix, parse_strengths
+        from ..extraction.api import read_target
+        from ..transfers.essences import EssenceMix, parse_strengths
 
         essences = [essences] if isinstance(essences, (str, os.PathLike)) else list(essences)
         targets = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)

@@ -127,7 +127,7 @@ def _grid(evaluation: Evaluation) -> str:
 
 
 def render_html(evaluation: Evaluation) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     judge = primary_judge(evaluation)
     essences = "".join(

@@ -29,8 +29,8 @@ def resolve_sources(sources) -> list:
 def limit_sources(items: list, limit: int, generator, scratch: Path) -> list:
     """The first ``limit`` sources: whole photos in order, and latent files cut to the rows
     still needed (a cut file is written to ``scratch``). A photo counts as one source."""
-    from ..transfer.inputs import discover
-    from ..transfer.latents import read_latents
+    from ..transfers.inputs import discover
+    from ..transfers.latents import read_latents
 
     kept: list = []
     left = limit

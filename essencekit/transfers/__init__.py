@@ -1,8 +1,8 @@
 """Applying essences to real photos, in bulk (``essencekit transfer``), and inverting photos to
 W+ latent files (``essencekit invert``).
 
-``essencekit.transfer(inputs, essence, ...)`` (:func:`essencekit.transfer.api.transfer`) yields
-one result per output or failure; :func:`essencekit.transfer.api.invert` does the same for W+
+``essencekit.transfer(inputs, essence, ...)`` (:func:`essencekit.transfers.api.transfer`) yields
+one result per output or failure; :func:`essencekit.transfers.api.invert` does the same for W+
 files. The pieces, one job each: :mod:`.inputs` (files, folders, globs), :mod:`.latents` (W+
 latent files), :mod:`.latent_cache` (the W+ cache), :mod:`.essences` (``NAME_OR_PATH[@WEIGHT]``
 and their sum), :mod:`.layers` (``--layers``), :mod:`.naming` (output names),
@@ -12,22 +12,6 @@ and their sum), :mod:`.layers` (``--layers``), :mod:`.naming` (output names),
 """
 
 from __future__ import annotations
-
-import sys
-import types
-
-
-class _CallableModule(types.ModuleType):
-    # Importing this package binds the name ``essencekit.transfer`` to it, which would hide the
-    # function ``essencekit.transfer`` exported from the top-level package; so the package
-    # itself calls through to the function (as ``essencekit.extract`` does).
-    def __call__(self, *args, **kwargs):
-        from .api import transfer
-
-        return transfer(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 _EXPORTS = ("transfer", "invert", "Transferrer", "TransferResult", "InversionResult")
 

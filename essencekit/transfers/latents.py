@@ -64,7 +64,7 @@ def _read_safetensors(path: Path) -> tuple[Tensor, dict]:
 def read_latents(path: str | os.PathLike, n_latent: int, style_dim: int) -> tuple[Tensor, dict]:
     """``(latents [M, n_latent, style_dim] float32, metadata)`` of a latent file; a file whose
     shape does not fit the generator is refused naming both shapes."""
-    from ..extract.sources import check_latents, load_latent_file
+    from ..extraction.sources import check_latents, load_latent_file
 
     path = Path(path)
     if not path.is_file():

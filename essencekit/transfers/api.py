@@ -2,7 +2,7 @@
 
 :class:`Transferrer` holds the models (loaded on first use, once for any number of runs);
 :func:`transfer` and :func:`invert` are one-shot shortcuts. Both return a :class:`Run`, an
-iterable of :class:`~essencekit.transfer.pipeline.Result` (one per output file, skipped output
+iterable of :class:`~essencekit.transfers.pipeline.Result` (one per output file, skipped output
 or failed input); options are checked and existing outputs refused when the run is created,
 the work happens while it is iterated.
 """
@@ -86,7 +86,7 @@ class Transferrer:
             if isinstance(spec, torch.nn.Module):
                 model, self.encoder_label, self.encoder_sha256 = spec, "in-memory encoder", None
             else:
-                from ..extract.api import _weights_identity
+                from ..extraction.api import _weights_identity
                 from ..models.e4e import load_encoder_checkpoint
 
                 path, self.encoder_label, self.encoder_sha256 = _weights_identity(spec, "e4e-ffhq")
@@ -263,7 +263,7 @@ def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, de
     Models: see :class:`Transferrer`.
 
     Returns a :class:`Run`: iterate it to do the work; each item is a
-    :class:`~essencekit.transfer.pipeline.Result`. Bad inputs are failed results, not
+    :class:`~essencekit.transfers.pipeline.Result`. Bad inputs are failed results, not
     exceptions; options that cannot work (a strength whose edit is far larger than any essence
     means, ``output`` naming a file, ...) raise ``ValueError``, missing weights, existing outputs
     and outputs that would replace an input :class:`~essencekit.errors.EssencekitError`, before

@@ -36,7 +36,7 @@ def save_image(image, path: str | os.PathLike, fmt: str = "png", *, quality: int
     renamed into place, so the path holds a complete image or nothing new."""
     from PIL import Image, PngImagePlugin
 
-    from .. import __version__
+    from ..version import __version__
 
     pil_format = FORMATS[fmt][0]
     record = json.dumps(metadata or {}, sort_keys=True, default=str)  # ASCII: EXIF descriptions are ASCII

@@ -310,7 +310,7 @@ class Extractor:
         result: OptimiseResult, strengths: Tensor, held, chosen: int, *, batch_size: int, checkpoint: bool,
         render_size: int | None, seconds: float,
     ) -> Essence:
-        from .. import __version__
+        from ..version import __version__
 
         def number(value) -> float | None:
             value = float(value)
@@ -408,7 +408,7 @@ def extract(
     latents file, a folder of face photos, or a [P, n_latent, style_dim] tensor. Models: see
     :class:`Extractor` (``generator``, ``clip``, ``clip_weights``, ``clip_input``,
     ``encoder``, ``device``, ``aligner``, ``inverter``). ``progress`` gets a
-    :class:`~essencekit.extract.optimise.StepReport` after every step; ``preview`` writes a
+    :class:`~essencekit.extraction.optimise.StepReport` after every step; ``preview`` writes a
     contact sheet PNG at the end.
 
     Returns an :class:`~essencekit.essence.Essence` (``.direction``, ``.coefficients``,

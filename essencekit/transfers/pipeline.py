@@ -96,7 +96,7 @@ class Result:
 
 @dataclass
 class Settings:
-    """What a run does; see :meth:`essencekit.transfer.api.Transferrer.transfer`."""
+    """What a run does; see :meth:`essencekit.transfers.api.Transferrer.transfer`."""
 
     mode: str = "transfer"  # or "invert"
     output: Path | None = None
@@ -154,7 +154,7 @@ class Item:
 
 def auto_batch_size(generator, backend) -> int:
     """Faces per pass: what fits a share of the free memory, capped (see :data:`MAX_BATCH`)."""
-    from ..extract.memory import ACTIVATION_FACTOR, bytes_per_image, memory_budget
+    from ..extraction.memory import ACTIVATION_FACTOR, bytes_per_image, memory_budget
 
     per_image = bytes_per_image(generator, generator.size) * FORWARD_FACTOR / ACTIVATION_FACTOR
     if backend.autocast_dtype in (torch.float16, torch.bfloat16):
@@ -185,7 +185,7 @@ def _chunks(items: list, size: int):
 
 
 class Pipeline:
-    """One run: ``models`` (an :class:`essencekit.transfer.api.Transferrer`), ``settings``,
+    """One run: ``models`` (an :class:`essencekit.transfers.api.Transferrer`), ``settings``,
     the essence ``mix`` (transfer only), ``notify`` for one-line notices."""
 
     def __init__(self, models, settings: Settings, mix=None, notify: Callable[[str], None] | None = None):
@@ -498,7 +498,7 @@ class Pipeline:
     # -- stage 3: finalize ----------------------------------------------------------------------
 
     def _metadata(self, item: Item, planned: Planned) -> dict:
-        from .. import __version__
+        from ..version import __version__
 
         models = self.models
         meta = {
@@ -582,7 +582,7 @@ class Pipeline:
         return results
 
     def _write_latent(self, item: Item, face: FaceWork, path: Path) -> None:
-        from .. import __version__
+        from ..version import __version__
         from .latents import save_w_plus
 
         transform = face.face.transform.to_dict()
