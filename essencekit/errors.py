@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a one-line error message."""
+"""The error types the CLI turns into a one-line message."""
 
 
 class EssencekitError(Exception):
@@ -7,3 +7,17 @@ class EssencekitError(Exception):
     The CLI prints ``str(error)`` on one line and exits with status 1, so messages name the
     file involved and the fix, and never rely on a traceback for context.
     """
+
+
+class OptionError(EssencekitError, ValueError):
+    """A parameter value that cannot work: a usage error.
+
+    ``parameter`` is the Python API's name for it (``"steps"``, ``"strength"``), and the message
+    speaks of that name, never of a command-line flag: a Python caller has no flags. The CLI maps
+    ``parameter`` to the command's flag (``--steps``), prints the message as a usage error and
+    exits with status 2. A ``ValueError`` too, as Python callers expect of a bad argument.
+    """
+
+    def __init__(self, message: str, *, parameter: str):
+        super().__init__(message)
+        self.parameter = parameter

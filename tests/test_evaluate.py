@@ -23,7 +23,8 @@ from essencekit.evaluation.metrics import clip_changes, mean_pairwise_cosine, pa
 from essencekit.evaluation.report import render_html, write_report
 from essencekit.models.arcface import load_identity_checkpoint
 from essencekit.models.e4e import load_encoder_checkpoint
-from essencekit.transfers.pipeline import OptionError, to_uint8
+from essencekit.errors import OptionError
+from essencekit.transfers.pipeline import to_uint8
 
 FIXTURES = Path(__file__).parent / "fixtures"
 E4E = FIXTURES / "tiny-e4e.pt"
@@ -198,8 +199,9 @@ def test_option_errors_before_any_work(setup):
         evaluator.evaluate([setup.essences["alpha"]], [], setup.latents)
     with pytest.raises(OptionError, match="--strength"):
         evaluator.evaluate([setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, "1,x")
-    with pytest.raises(OptionError, match="--max-sources"):
+    with pytest.raises(OptionError, match="max_sources must be") as error:  # the parameter, not a flag
         evaluator.evaluate([setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, max_sources=0)
+    assert error.value.parameter == "max_sources"
     big = Essence(torch.zeros(18, 512)).save(setup.tmp / "big.pt")
     with pytest.raises(essencekit.EssencekitError, match="shape"):
         evaluator.evaluate([big], [setup.targets["alpha"]], setup.latents)

@@ -119,7 +119,7 @@ def command_help(doc: str, exits: str = EXIT_HELP) -> str:
 
 def usage_errors(call):
     """Run ``call()``, turning an option that cannot work into a usage error (exit 2)."""
-    from ..transfers.pipeline import OptionError
+    from ..errors import OptionError
 
     try:
         return call()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import EssencekitError
-from ..transfers.pipeline import OptionError
+from ..errors import OptionError
 from .metrics import Summary, clip_changes, mean_pairwise_cosine, paired_cosine, summarize
 from .sources import limit_sources, resolve_sources
 
@@ -241,16 +241,16 @@ class Evaluator:
         essences = [essences] if isinstance(essences, (str, os.PathLike)) else list(essences)
         targets = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
         if not essences:
-            raise OptionError("give at least one essence (--essence)")
+            raise OptionError("give at least one essence (essences)", parameter="essences")
         if len(essences) != len(targets):
             raise OptionError(
                 f"each essence needs its target image: got {len(essences)} essence(s) and {len(targets)} target(s) "
-                "(repeat --essence and --target in pairs)"
+                "(give essences and targets in pairs)", parameter="targets",
             )
         try:
             sweep = parse_strengths(strengths)
         except ValueError as error:
-            raise OptionError(str(error)) from None
+            raise OptionError(str(error), parameter="strengths") from None
         mix = EssenceMix(essences)  # loads and checks every essence before any work
         generator = self.models.generator
         mix.check(generator.n_latent, generator.style_dim, self.models.generator_label)
@@ -260,7 +260,7 @@ class Evaluator:
         source_items = resolve_sources(sources)
         if max_sources is not None:
             if max_sources < 1:
-                raise OptionError(f"--max-sources must be at least 1, got {max_sources}")
+                raise OptionError(f"max_sources must be at least 1, got {max_sources}", parameter="max_sources")
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="essencekit-eval-"))
             source_items = limit_sources(source_items, max_sources, generator, Path(scratch))
 

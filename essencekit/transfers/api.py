@@ -17,7 +17,8 @@ import torch
 
 from ..errors import EssencekitError
 from ..images import DEFAULT_MAX_PIXELS
-from .pipeline import OptionError, Pipeline, Result, Settings
+from ..errors import OptionError
+from .pipeline import Pipeline, Result, Settings
 from .writing import FORMATS
 
 DEFAULT_OUTPUT = Path("essencekit-out")
@@ -157,22 +158,22 @@ class Transferrer:
         _check_choice("paste", paste, PASTE)
         _check_choice("format", format, tuple(FORMATS))
         if quality is not None and not 1 <= int(quality) <= 100:
-            raise OptionError(f"--quality must be from 1 to 100, got {quality}")
+            raise OptionError(f"quality must be from 1 to 100, got {quality}", parameter="quality")
         try:
             strengths = parse_strengths(strength)
         except ValueError as error:
-            raise OptionError(str(error)) from None
+            raise OptionError(str(error), parameter="strength") from None
         mix = EssenceMix(essence)
         try:
             mix.check_magnitude(strengths)
         except ValueError as error:
-            raise OptionError(str(error)) from None
+            raise OptionError(str(error), parameter="strength") from None
         generator = self.generator
         mix.check(generator.n_latent, generator.style_dim, self.generator_label)
         try:
             rows = None if layers is None else parse_layers(layers, generator.n_latent)
         except ValueError as error:
-            raise OptionError(str(error)) from None
+            raise OptionError(str(error), parameter="layers") from None
         settings = self._settings(
             "transfer", output, faces=faces, align=align, crops=crops, paste=paste, fmt=format, quality=quality,
             overwrite=overwrite, skip_existing=skip_existing, grid=grid, batch_size=batch_size,
@@ -196,10 +197,10 @@ class Transferrer:
     @staticmethod
     def _settings(mode: str, output, **options) -> Settings:
         if options.get("overwrite") and options.get("skip_existing"):
-            raise OptionError("--overwrite and --skip-existing exclude each other")
+            raise OptionError("overwrite and skip_existing exclude each other", parameter="skip_existing")
         batch_size = options.get("batch_size")
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-            raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+            raise OptionError(f"batch_size must be at least 1, got {batch_size}", parameter="batch_size")
         max_pixels = options.get("max_pixels")
         if max_pixels is not None and int(max_pixels) <= 0:
             options["max_pixels"] = None
@@ -234,12 +235,12 @@ def _check_output_folder(output: Path) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         problem = "is a file" if probe == output else f"cannot be a folder: {probe} is a file"
-        raise OptionError(f"-o {output} {problem}, but the output must be a folder: name a new or existing folder")
+        raise OptionError(f"output {output} {problem}, but the output must be a folder: name a new or existing folder", parameter="output")
 
 
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise OptionError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
+        raise OptionError(f"{name} must be one of {', '.join(choices)}, not {value!r}", parameter=name)
 
 
 def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, device=None, aligner=None,

@@ -49,10 +49,6 @@ MAX_BATCH = {"cpu": 1}
 MAX_BATCH_DEFAULT = 32
 
 
-class OptionError(ValueError):
-    """An option value that cannot work (the command line turns it into a usage error)."""
-
-
 @dataclass
 class Result:
     """One output file (or in-memory image), one skipped output, or one failed input.
