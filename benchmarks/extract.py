@@ -6,12 +6,12 @@ reference-equivalent loop.
                                  [--steps 3] [--loops reference,essencekit] [--json out.json]
                                  [--markdown out.md] [--quick]
 
-Each case runs in its own process; see ``--help`` and :mod:`essencekit.bench.extract`.
+Each case runs in its own process; see ``--help`` and :mod:`compare.extract` (next to this script).
 """
 
 import sys
 
-from essencekit.bench.extract import main
+from compare.extract import main
 
 if __name__ == "__main__":
     sys.exit(main())

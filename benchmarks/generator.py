@@ -5,13 +5,12 @@
                                    [--variants reference,grouped,shared,shared+checkpoint]
                                    [--json out.json] [--markdown out.md] [--quick]
 
-Each variant runs in its own process; see ``--help`` and :mod:`essencekit.bench.generator`.
-The logic lives in the installed package so that it also runs outside a source checkout.
+Each variant runs in its own process; see ``--help`` and :mod:`compare.generator` (next to this script).
 """
 
 import sys
 
-from essencekit.bench.generator import main
+from compare.generator import main
 
 if __name__ == "__main__":
     sys.exit(main())

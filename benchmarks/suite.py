@@ -10,7 +10,7 @@ Each case runs in its own process; see ``--help`` and :mod:`essencekit.bench.sui
 
 import sys
 
-from essencekit.bench.suite import main
+from essencekit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -7,12 +7,12 @@ per-image path.
                                   [--loops reference,single,batched] [--batch-size B]
                                   [--json out.json] [--markdown out.md] [--quick]
 
-Each loop runs in its own process; see ``--help`` and :mod:`essencekit.bench.transfer`.
+Each loop runs in its own process; see ``--help`` and :mod:`compare.transfer` (next to this script).
 """
 
 import sys
 
-from essencekit.bench.transfer import main
+from compare.transfer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,10 +26,17 @@ class FaceLandmarks:
 
 
 class Aligner(abc.ABC):
-    """A face detector plus landmark model. Subclass it and register an instance."""
+    """A face detector plus landmark model. Subclass it and register an instance.
+
+    ``priority`` orders the automatic choice: the usable aligner with the highest priority is
+    the default (the built-ins: dlib 10, mediapipe 0). ``install_hint`` says how to make it
+    usable (a pip command); the default's is shown when no aligner is usable.
+    """
 
     name: str = ""
     description: str = ""
+    priority: int = 0
+    install_hint: str = ""
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "")`` when usable here, else ``(False, reason the user can act on)``."""

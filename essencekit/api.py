@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 from .backends import Backend, resolve_backend
+from .weights import resolve_weights  # a module global: tests substitute it
 
 DEFAULT_GENERATOR = "stylegan2-ffhq"
 DEFAULT_ENCODER = "e4e-ffhq"
 DEFAULT_IDENTITY = "arcface-ir-se50"
 
 DeviceLike = str | torch.device | Backend | None
-
-
-def resolve_weights(path_or_name: str | os.PathLike | None, default_artifact: str) -> Path:
-    """A file path as given, or the cached file of a registered artifact name (default
-    ``default_artifact``), verified; a missing artifact names the pull-weights command."""
-    if path_or_name is not None:
-        candidate = Path(path_or_name)
-        from .plugins import registered
-
-        if candidate.exists() or str(path_or_name) not in registered("weights"):
-            return candidate
-        default_artifact = str(path_or_name)
-    from .cache import resolve_artifact
-
-    return resolve_artifact(default_artifact)
 
 
 def load_generator(path: str | os.PathLike | None = None, device: DeviceLike = None):
@@ -75,9 +60,10 @@ def load_identity_model(path: str | os.PathLike | None = None, device: DeviceLik
     return backend.prepare(model)
 
 
-def load_clip(name: str = "ViT-B/32", device: DeviceLike = None, **options):
-    """Load a registered CLIP variant; see :func:`essencekit.clip.load_clip` for ``options``
-    (``input_mode``, ``generator_size``, ``weights``)."""
+def load_clip(name: str | None = None, device: DeviceLike = None, **options):
+    """Load a registered CLIP variant (``None``: the highest-priority one, ViT-B/32 among the
+    built-ins); see :func:`essencekit.clip.load_clip` for ``options`` (``input_mode``,
+    ``generator_size``, ``weights``)."""
     from .clip import load_clip as _load_clip
 
     return _load_clip(name, device, **options)

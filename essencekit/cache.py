@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .atomic import atomic_path
 from .errors import EssencekitError
 from .urls import redact_url
 from .weights import WeightArtifact
@@ -96,10 +97,6 @@ def artifact_dir(artifact: WeightArtifact | str) -> Path:
 def raw_path(artifact: WeightArtifact) -> Path:
     """Where the file as published lives once verified."""
     return artifact_dir(artifact) / artifact.filename
-
-
-def part_path(artifact: WeightArtifact) -> Path:
-    return artifact_dir(artifact) / (artifact.filename + PART_SUFFIX)
 
 
 _CONVERTED_SUFFIX = {"clip-torchscript": ".safetensors", "essence-npy": ".pt"}
@@ -231,15 +228,11 @@ def _read_json(path: Path) -> dict | None:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     ensure_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
-        os.replace(tmp, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise write_error(error, path) from None
 
 

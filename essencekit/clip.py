@@ -28,7 +28,7 @@ from torch import nn
 
 # the variant is plain data, in its own torch-free module (registering variants must not
 # import torch); re-exported here, where plugins have always imported it from
-from .clip_variant import OPENAI_MEAN, OPENAI_STD, ClipVariant  # noqa: F401
+from .clip_variant import OPENAI_MEAN, OPENAI_STD, ClipVariant, default_clip_name  # noqa: F401
 from .errors import EssencekitError
 
 INPUT_MODES = ("raw", "standard")
@@ -90,11 +90,14 @@ def clip_resize(images: torch.Tensor, size: int = 224) -> torch.Tensor:
 # variants, state dicts, models
 
 
-def get_variant(name: str) -> ClipVariant:
-    """The registered CLIP variant ``name`` (exact, else ignoring case and '-' vs '/')."""
+def get_variant(name: str | None = None) -> ClipVariant:
+    """The registered CLIP variant ``name`` (exact, else ignoring case and '-' vs '/'); ``None``
+    for the default (:func:`~essencekit.clip_variant.default_clip_name`)."""
     from .plugins import registered
 
     variants = registered("clip_models")
+    if name is None:
+        name = default_clip_name()
     if name in variants:
         return variants[name]
 
@@ -238,41 +241,15 @@ def build_clip_visual(
 # images
 
 
-def to_rgb(image) -> "PIL.Image.Image":  # noqa: F821
-    """``image`` as an RGB PIL image: transparency composited on white, 16-bit grey scaled."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16"):
-        import numpy as np
-
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), mode="L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def _open_image(source) -> "PIL.Image.Image":  # noqa: F821
+    # the target reader every command uses: EXIF orientation, the pixel limit, HEIC, RGB, and
+    # one-line errors that name the file
     from PIL import Image
 
-    if isinstance(source, Image.Image):
-        return source
-    if isinstance(source, (str, os.PathLike)):
-        # the photo reader every command uses: EXIF orientation, the pixel limit, HEIC, and
-        # one-line errors that name the file
-        from .images import read_image
+    from .images import read_target
 
-        try:
-            return read_image(source)
-        except EssencekitError as error:
-            raise EssencekitError(f"cannot read the target image: {error}") from None
+    if isinstance(source, (Image.Image, str, os.PathLike)):
+        return read_target(source).image
     raise TypeError(f"encode_target needs a PIL image or an image path, got {type(source).__name__}")
 
 
@@ -288,6 +265,8 @@ def raw_target_pixels(image, generator_size: int) -> torch.Tensor:
     generator's size and mapped to [-1, 1], as ``[1, 3, generator_size, generator_size]``:
     what a generated image of the same face looks like before :func:`clip_resize`."""
     from PIL import Image
+
+    from .images import to_rgb
 
     image = to_rgb(image)
     width, height = image.size
@@ -370,7 +349,7 @@ class ClipEncoder(nn.Module):
                 self.image_size, is_train=False, mean=self.variant.mean, std=self.variant.std,
                 resize_mode="shortest", interpolation="bicubic",
             )
-        return self._standard_transform(to_rgb(image)).unsqueeze(0).to(self.device)
+        return self._standard_transform(image).unsqueeze(0).to(self.device)
 
     @torch.no_grad()
     def encode_target(self, image) -> torch.Tensor:
@@ -385,14 +364,15 @@ def _check_options(input_mode: str, generator_size: int) -> None:
 
 
 def load_clip(
-    name: str,
+    name: str | None = None,
     device: Any = None,
     *,
     input_mode: str = "raw",
     generator_size: int = 1024,
     weights: str | os.PathLike | None = None,
 ) -> ClipEncoder:
-    """Load the registered CLIP variant ``name`` (``"ViT-B/32"``, ``"RN50"``) as a frozen
+    """Load the registered CLIP variant ``name`` (``"ViT-B/32"``, ``"RN50"``; ``None`` for the
+    highest-priority one, ViT-B/32 among the built-ins) as a frozen
     :class:`ClipEncoder` on ``device`` (``None``, a backend name, a ``torch.device`` or a
     :class:`~essencekit.Backend`).
 
@@ -407,12 +387,9 @@ def load_clip(
     variant = get_variant(name)
     _check_options(input_mode, generator_size)
     backend = resolve_backend(device)
-    if weights is None:
-        from .cache import resolve_artifact
+    from .weights import resolve_weights
 
-        path = Path(resolve_artifact(variant.weights))
-    else:
-        path = Path(weights)
+    path = resolve_weights(weights, variant.weights)
     state = read_clip_state_dict(path, artifact=variant.weights)
     visual = build_clip_visual(variant, state, source=path)
     encoder = ClipEncoder(visual, variant, input_mode=input_mode, generator_size=generator_size)

@@ -25,7 +25,8 @@ class ClipVariant:
     hold them; OpenAI weights need ``quick_gelu=True``. ``weights`` names the registered
     weight artifact whose file is an open_clip-layout state dict for that config. ``mean`` and
     ``std`` are the normalisation of the ``standard`` input mode; ``image_size`` is CLIP's
-    input size.
+    input size. ``priority`` orders the default: where no CLIP model is named, the registered
+    variant with the highest priority is used (the built-ins: ViT-B/32 10, RN50 0).
     """
 
     name: str
@@ -35,6 +36,7 @@ class ClipVariant:
     std: tuple[float, float, float]
     image_size: int = 224
     description: str = ""
+    priority: int = 0
 
     def __post_init__(self):
         problems = []
@@ -64,6 +66,8 @@ class ClipVariant:
             problems.append("image_size must be a positive integer")
         if not self.weights:
             problems.append("weights must name a weight artifact")
+        if not isinstance(self.priority, int):
+            problems.append("priority must be an integer")
         if problems:
             raise EssencekitError(f"invalid CLIP variant {self.name!r}: " + "; ".join(problems))
 
@@ -71,3 +75,14 @@ class ClipVariant:
     def embed_dim(self) -> int:
         """The size of the image embedding."""
         return self.open_clip_config["embed_dim"]
+
+
+def default_clip_name() -> str:
+    """The name of the CLIP variant used where none is named: the registered one with the
+    highest ``priority`` (ties: the first registered)."""
+    from .plugins import registered
+
+    variants = registered("clip_models")
+    if not variants:
+        raise EssencekitError("no CLIP model is registered (run `essencekit plugins` to see what failed to load)")
+    return max(variants.values(), key=lambda variant: variant.priority).name

@@ -33,14 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
-from .errors import EssencekitError
+from .errors import EssencekitError, first_line
 from .weights import WeightArtifact
 
 CLIP_DROPPED_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-def _first_line(error: BaseException) -> str:
-    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:200]
 
 
 # --------------------------------------------------------------------------- CLIP
@@ -57,8 +53,8 @@ def clip_torchscript_to_safetensors(source: Path, target: Path, *, metadata: dic
             module = torch.jit.load(str(source), map_location="cpu")
     except Exception as error:  # noqa: BLE001 - any failure here is "not a TorchScript CLIP"
         raise EssencekitError(
-            f"{source} passed its checksum but is not a readable TorchScript archive ({_first_line(error)}); "
-            "report this, or load open_clip-layout safetensors with `--weights`"
+            f"{source} passed its checksum but is not a readable TorchScript archive ({first_line(error)}); "
+            "report this, or use CLIP weights in open_clip's safetensors layout instead"
         ) from None
     state = module.state_dict()
     for key in CLIP_DROPPED_KEYS:
@@ -89,7 +85,7 @@ def essence_npy_to_pt(source: Path, target: Path, *, name: str, metadata: dict[s
         try:
             array = np.load(source, allow_pickle=False, mmap_mode="r")
         except (ValueError, OSError, EOFError) as error:
-            raise EssencekitError(f"{source} is not a plain NumPy array file ({_first_line(error)})") from None
+            raise EssencekitError(f"{source} is not a plain NumPy array file ({first_line(error)})") from None
         if tuple(array.shape) != tuple(shape) or array.dtype != np.float32:
             raise EssencekitError(
                 f"{source} is not the published essence: {array.dtype} {tuple(array.shape)}, expected float32 {tuple(shape)}"
@@ -193,11 +189,11 @@ def safe_checkpoint(source: Path, target: Path) -> Path:
             loaded = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise EssencekitError(
-            f"{source} holds objects outside essencekit's allow-list ({_first_line(error)[:160]}); "
+            f"{source} holds objects outside essencekit's allow-list ({first_line(error)[:160]}); "
             "it cannot be converted to a safe checkpoint"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise EssencekitError(f"cannot read checkpoint {source}: {_first_line(error)}") from None
+        raise EssencekitError(f"cannot read checkpoint {source}: {first_line(error)}") from None
     plain = _plain(loaded)
     del loaded
     with atomic_path(target) as tmp:

@@ -17,7 +17,7 @@ ESSENTIAL_GROUP = "faces"
 # The main job, the quick start's: doctor exits 1 unless it can run. Transfer inverts each face
 # with e4e and decodes with the generator embedded in the same checkpoint (no stylegan2-ffhq),
 # finds faces with an aligner (its model ships in the aligner's package) and loads the
-# published essence: essencekit.transfers.api.Transferrer and transfer.essences.load_term.
+# published essence: essencekit.transfers.api.Transferrer and essencekit.essence_mix.load_term.
 MAIN_JOB = "essencekit transfer photos/ --essence joker"
 MAIN_JOB_WEIGHTS = ("e4e-ffhq", "joker")
 

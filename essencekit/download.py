@@ -54,7 +54,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import requests
 
 from .cache import DiskFullError, write_error
-from .errors import EssencekitError
+from .errors import EssencekitError, first_line
 from .urls import host_of, redact_in, redact_url
 
 ENV_OFFLINE = "ESSENCEKIT_OFFLINE"
@@ -432,16 +432,16 @@ class _Downloader:
         except requests.exceptions.Timeout:
             raise _Retry(f"timed out: no answer within {self.policy.read_timeout:g} s", stalled=True) from None
         except requests.exceptions.SSLError as error:
-            raise _MirrorFailed(f"TLS error ({_first_line(error, url)})") from None
+            raise _MirrorFailed(f"TLS error ({_redacted_first_line(error, url)})") from None
         except requests.exceptions.ConnectionError as error:
             unreachable = _is_unreachable(error)
             if unreachable:
                 raise _MirrorFailed(unreachable, unreachable=True) from None
             raise _Retry("connection reset") from None
         except requests.exceptions.InvalidURL as error:
-            raise _MirrorFailed(f"invalid URL ({_first_line(error, url)})") from None
+            raise _MirrorFailed(f"invalid URL ({_redacted_first_line(error, url)})") from None
         except requests.exceptions.RequestException as error:
-            raise _MirrorFailed(_first_line(error, url)) from None
+            raise _MirrorFailed(_redacted_first_line(error, url)) from None
 
     def attempt(self, url: str) -> DownloadResult:
         existing = _part_size(self.part)
@@ -629,11 +629,10 @@ class _WriteFailed(Exception):
         self.error = error
 
 
-def _first_line(error: BaseException, url: str | None = None) -> str:
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if url is not None:  # libraries quote the URL they were given, secrets included
-        text = redact_in(text, url)
-    return text[:200]
+def _redacted_first_line(error: BaseException, url: str) -> str:
+    # libraries quote the URL they were given, secrets included: redacted before the line is
+    # cut, so that no cut leaves part of a secret unrecognised
+    return redact_in(first_line(error, limit=None), url)[:200]
 
 
 def _stderr(message: str) -> None:

@@ -21,3 +21,15 @@ class OptionError(EssencekitError, ValueError):
     def __init__(self, message: str, *, parameter: str):
         super().__init__(message)
         self.parameter = parameter
+
+
+def first_line(error: BaseException, *, limit: int | None = 200, typed: bool = False) -> str:
+    """The first line of ``error``'s message, for a one-line report of an error from a library
+    (its type's name where the message is empty). ``typed`` puts the type's name in front, for
+    errors whose message alone says too little (a plugin's ``KeyError: 'x'``); ``limit`` cuts
+    a message that quotes a whole file or response; ``None`` for a caller that must see all of
+    the line before cutting it (download redacts URLs first)."""
+    lines = str(error).strip().splitlines()
+    name = type(error).__name__
+    text = (f"{name}: {lines[0]}" if typed else lines[0]) if lines else name
+    return text if limit is None else text[:limit]

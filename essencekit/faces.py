@@ -22,10 +22,7 @@ from PIL import Image, ImageFilter
 
 from .aligners import Aligner, FaceLandmarks
 from .errors import EssencekitError
-from .images import upright
-
-#: The aligner used when none is named and it is available.
-DEFAULT_ALIGNER = "dlib"
+from .images import upright_rgb
 
 #: Faces whose FFHQ square is narrower than this (in photo pixels) are skipped: e4e sees 256 px,
 #: and a smaller face would be upsampled more than 2x into a blur the encoder inverts badly.
@@ -37,9 +34,6 @@ DEFAULT_MIN_RELATIVE_SCORE = 0.25
 
 #: How far FFHQ supersamples: it renders 4096 px and reduces to 1024.
 _MAX_SUPERSAMPLE = 4
-
-INSTALL_HINT = "pip install dlib-bin face-recognition-models  (or: pip install mediapipe==0.10.14)"
-
 
 # ---------------------------------------------------------------------------------------------
 # geometry
@@ -274,8 +268,9 @@ def available_aligners() -> dict[str, Aligner]:
 
 
 def get_aligner(aligner: str | Aligner | None = None) -> Aligner:
-    """The aligner ``align_faces`` would use: the named one, or ``dlib`` when it is usable, else
-    the first usable one. Raises :class:`EssencekitError` with the pip command when none is."""
+    """The aligner ``align_faces`` would use: the named one, else the usable one with the
+    highest ``priority`` (dlib among the built-ins). Raises :class:`EssencekitError` with the
+    pip command when none is."""
     if isinstance(aligner, Aligner):
         return aligner
     registry = available_aligners()
@@ -288,15 +283,18 @@ def get_aligner(aligner: str | Aligner | None = None) -> Aligner:
         if not ok:
             raise EssencekitError(f"face aligner {aligner!r} is not usable: {reason}")
         return chosen
-    names = sorted(registry, key=lambda name: name != DEFAULT_ALIGNER)
+    ranked = sorted(registry.values(), key=lambda candidate: -candidate.priority)  # ties: plugin order
     reasons = []
-    for name in names:
-        ok, reason = registry[name].availability()
+    for candidate in ranked:
+        ok, reason = candidate.availability()
         if ok:
-            return registry[name]
-        reasons.append(f"{name}: {reason}")
+            return candidate
+        reasons.append(f"{candidate.name}: {reason}")
     detail = f" ({'; '.join(reasons)})" if reasons else ""
-    raise EssencekitError(f"no face aligner is installed{detail}; install the default one: {INSTALL_HINT}")
+    hints = [candidate.install_hint for candidate in ranked if candidate.install_hint]
+    fix = f"; install the default one: {hints[0]}" if hints else ""
+    fix += f"  (or: {'; '.join(hints[1:])})" if len(hints) > 1 else ""
+    raise EssencekitError(f"no face aligner is installed{detail}{fix}")
 
 
 def align_faces(
@@ -405,8 +403,7 @@ def _photo_rgb(image: Image.Image) -> Image.Image:
     """The photo as it is meant to be seen, in RGB: a PIL image straight from ``Image.open()``
     still carries its EXIF orientation tag, which ``read_image`` (the CLI's reader) applies;
     applying it here too makes the API find the same faces, and paste back into the same frame."""
-    image = upright(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return upright_rgb(image)
 
 
 def _as_float_rgb(image: Image.Image) -> np.ndarray:

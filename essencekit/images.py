@@ -1,20 +1,23 @@
-"""Reading user photos robustly: one RGB ``PIL.Image`` from any file Pillow reads, or one
-clear error that names the file.
+"""Images, the one home for every command: reading user photos robustly (one RGB ``PIL.Image``
+from any file Pillow reads, or one clear error that names the file), RGB conversion, target
+images (:func:`read_target`) and contact sheets (:func:`contact_sheet`).
 
-Shared by ``extract`` and ``transfer``, which report a bad input per file and go on, so every
-failure is an :class:`ImageReadError` whose ``kind`` says which of the documented cases it is.
-The file is opened read-only and never written.
+Shared by ``extract``, ``transfer`` and ``evaluate``, which report a bad input per file and go on,
+so every failure is an :class:`ImageReadError` whose ``kind`` says which of the documented cases
+it is. The file is opened read-only and never written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageDraw, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import EssencekitError
 
@@ -202,7 +205,7 @@ def _open_header(handle, name: str, path, max_pixels: int | None) -> Image.Image
             path,
             "too-large",
             f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
-            f"{_megapixels(max_pixels)} megapixels (a possible decompression bomb); if you trust the file, raise max_pixels (--max-pixels in transfer and invert)",
+            f"{_megapixels(max_pixels)} megapixels (a possible decompression bomb); if you trust the file, raise max_pixels",
         )
     return image
 
@@ -221,12 +224,18 @@ def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:
     except Exception as error:  # Pillow reports damaged data as OSError, SyntaxError, zlib.error, ...
         raise ImageReadError(path, "truncated", f"{name}: truncated or damaged image data ({_short(error)}); re-copy or re-export it") from error
 
-    return to_rgb(upright(image))
+    return upright_rgb(image)
 
 
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """A PIL image as it is meant to be seen, in RGB: what :func:`read_image` makes of a file,
+    for an image the caller opened (one still carrying its EXIF orientation tag)."""
+    return to_rgb(upright(image))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -266,3 +275,54 @@ def _scale_high_depth(image: Image.Image) -> Image.Image:
     scaled = np.clip(np.nan_to_num(values) / top * 255.0, 0, 255)
     gray = Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
     return gray.convert("RGB")
+
+
+@dataclass
+class Target:
+    """A target image, read once: its pixels, and what the metadata says about it."""
+
+    image: Image.Image  # RGB
+    name: str
+    file: str
+    sha256: str
+
+
+def read_target(target) -> Target:
+    """Open a target image (a path or a PIL image) upright in RGB and fingerprint it; one-line errors."""
+    if isinstance(target, Image.Image):
+        image = upright_rgb(target)
+        digest = hashlib.sha256(image.tobytes()).hexdigest()
+        return Target(image, "target", "", f"pixels:{digest}")
+    from .cache import sha256_file
+
+    path = Path(os.fspath(target))
+    try:
+        image = read_image(path)
+        digest = sha256_file(path)
+    except EssencekitError as error:
+        raise EssencekitError(f"cannot read the target image: {error}") from None
+    except OSError as error:
+        raise EssencekitError(f"cannot read the target image {path}: {error.strerror or error}") from None
+    return Target(image, path.stem, path.name, digest)
+
+
+#: The side of a contact sheet's tiles, and the height of its label row, in pixels.
+SHEET_TILE = 256
+SHEET_HEADER = 20
+
+
+def contact_sheet(labels: list[str], rows: list[list], tile: int = SHEET_TILE) -> Image.Image:
+    """A PIL image: ``labels`` across the top, then one row of tiles per entry of ``rows``
+    (PIL images, resized to ``tile`` px squares; ``None`` leaves a tile blank)."""
+    sheet = Image.new("RGB", (len(labels) * tile, SHEET_HEADER + len(rows) * tile), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(labels):
+        draw.text((c * tile + 4, 4), label, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            if picture is None:
+                continue
+            if picture.size != (tile, tile):
+                picture = picture.resize((tile, tile), Image.Resampling.LANCZOS)
+            sheet.paste(picture, (c * tile, SHEET_HEADER + r * tile))
+    return sheet

@@ -26,7 +26,10 @@ def backends_report(*, probe: bool = True) -> list[dict]:
             "plugin": owner_of("backends", name),
             "priority": backend.priority,
             "description": backend.description,
-            "modulated_conv": backend.modulated_conv,
+            # the device policy a backend declares as data (the rest needs the device: probed)
+            "max_batch": backend.max_batch,
+            "channels_last": backend.channels_last,
+            "fast_grouped_conv": backend.fast_grouped_conv,
         }
         if not probe:
             rows.append(row)
@@ -36,6 +39,8 @@ def backends_report(*, probe: bool = True) -> list[dict]:
         if available:
             row["device"] = str(backend.device)
             row["autocast_dtype"] = str(backend.autocast_dtype).removeprefix("torch.")
+            row["memory_budget"] = backend.memory_budget()
+            row["io_workers"] = list(backend.io_workers())
         rows.append(row)
     return rows
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
+from .errors import first_line
 
 ENTRY_POINT_GROUP = "essencekit"
 ENV_LOAD_PLUGINS = "ESSENCEKIT_LOAD_PLUGINS"
@@ -29,7 +30,7 @@ BUILTIN_PLUGINS = (
     "essencekit_builtins.aligners",
 )
 
-# registry name -> (hook name, what the registered object must be, the key to index it by)
+# registry name -> (hook name, what the registered object must be, as "module:Class")
 _REGISTRIES = {
     "backends": ("register_backends", "essencekit.backends:Backend"),
     "clip_models": ("register_clip_models", "essencekit.clip_variant:ClipVariant"),
@@ -67,11 +68,6 @@ def plugin_manager() -> pluggy.PluginManager:
     return _state.manager
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def _load() -> None:
     manager = pluggy.PluginManager("essencekit")
     manager.add_hookspecs(hookspecs)
@@ -93,7 +89,7 @@ def _load() -> None:
             plugin = entry_point.load()
             manager.register(plugin, name=entry_point.name)
         except Exception as error:  # a broken plugin must not take the CLI down
-            _state.errors.append(PluginError(entry_point.name, f"failed to load: {_first_line(error)}"))
+            _state.errors.append(PluginError(entry_point.name, f"failed to load: {first_line(error, typed=True)}"))
             continue
         _state.order.append(entry_point.name)
         dist = getattr(entry_point, "dist", None)
@@ -113,6 +109,26 @@ def _hookimpls_in_load_order(hook_name: str):
     return sorted(impls, key=lambda impl: position.get(impl.plugin_name, len(position)))
 
 
+def _call_each(hook_name: str, arguments) -> None:
+    """Call ``hook_name`` through pluggy once per plugin implementing it, in load order, with
+    ``arguments(plugin_name)`` (a dict of the hook's arguments).
+
+    One call per plugin, because pluggy's call of all of them stops at the first exception: a
+    plugin whose hook raises is recorded in :func:`load_errors` and the others still run.
+    Through pluggy, because it passes each implementation only the arguments it names: one
+    written before the hook gained an argument keeps working.
+    """
+    manager = plugin_manager()
+    impls = _hookimpls_in_load_order(hook_name)
+    for impl in impls:
+        others = [other.plugin for other in impls if other is not impl]
+        call = manager.subset_hook_caller(hook_name, remove_plugins=others)
+        try:
+            call(**arguments(impl.plugin_name))
+        except Exception as error:  # a broken plugin must not take the CLI down
+            _state.errors.append(PluginError(impl.plugin_name, f"{hook_name} failed: {first_line(error, typed=True)}"))
+
+
 def registered(registry: str) -> dict:
     """Every object registered in ``registry`` (``backends``, ``clip_models``, ``weights`` or
     ``aligners``), by name, in plugin load order. The first plugin to register a name keeps it;
@@ -124,26 +140,24 @@ def registered(registry: str) -> dict:
     hook_name, type_spec = _REGISTRIES[registry]
     expected = _expected_type(type_spec)
     items: dict = {}
-    for impl in _hookimpls_in_load_order(hook_name):
-        plugin_name = impl.plugin_name
 
-        def register(obj, _plugin=plugin_name):
+    def arguments(plugin_name: str) -> dict:
+        def register(obj):
             if not isinstance(obj, expected):
                 raise TypeError(f"{hook_name} expects {expected.__name__} objects, got {type(obj).__name__}")
             name = getattr(obj, "name", "")
             if not name:
-                raise ValueError(f"a {expected.__name__} registered by {_plugin} has no name")
+                raise ValueError(f"a {expected.__name__} registered by {plugin_name} has no name")
             if name in items:
                 owner = _state.owners[(registry, name)]
-                _state.errors.append(PluginError(_plugin, f"{registry} name {name!r} is already registered by {owner}; ignored"))
+                _state.errors.append(PluginError(plugin_name, f"{registry} name {name!r} is already registered by {owner}; ignored"))
                 return
             items[name] = obj
-            _state.owners[(registry, name)] = _plugin
+            _state.owners[(registry, name)] = plugin_name
 
-        try:
-            impl.function(register=register)
-        except Exception as error:
-            _state.errors.append(PluginError(plugin_name, f"{hook_name} failed: {_first_line(error)}"))
+        return {"register": register}
+
+    _call_each(hook_name, arguments)
     _state.registries[key] = items
     return items
 
@@ -163,11 +177,7 @@ def owner_of(registry: str, name: str) -> str:
 
 def add_commands(app) -> None:
     """Let every plugin add its subcommands to the Typer ``app``."""
-    for impl in _hookimpls_in_load_order("register_commands"):
-        try:
-            impl.function(app=app)
-        except Exception as error:
-            _state.errors.append(PluginError(impl.plugin_name, f"register_commands failed: {_first_line(error)}"))
+    _call_each("register_commands", lambda plugin_name: {"app": app})
 
 
 def load_errors() -> list[PluginError]:

@@ -96,3 +96,60 @@ def license_summary(text: str) -> str:
     read "NAME: details"; a URL's ``://`` is no separator), else its first line, whole."""
     first_line = text.strip().split("\n")[0]
     return first_line.split(": ", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------- resolving weights
+# One resolver for every command and loader: a file as given, or a registered artifact's cached
+# file, with one not-found error.
+
+
+def _artifact_name(path_or_name, default_artifact: str) -> str | None:
+    """The registered artifact ``path_or_name`` names (``default_artifact`` for ``None``), or
+    ``None`` when it is a file path: an existing file wins over an artifact of the same name."""
+    from pathlib import Path
+
+    from .plugins import registered
+
+    if path_or_name is None:
+        return default_artifact
+    name = str(path_or_name)
+    return name if not Path(name).exists() and name in registered("weights") else None
+
+
+def resolve_weights(path_or_name, default_artifact: str):
+    """The weights file of ``path_or_name``: a file path as given, or the cached file of a
+    registered artifact name (``default_artifact`` for ``None``), verified; a missing artifact
+    names the pull-weights command, a missing file is one error naming the path."""
+    from pathlib import Path
+
+    artifact = _artifact_name(path_or_name, default_artifact)
+    if artifact is not None:
+        from .cache import resolve_artifact
+
+        return resolve_artifact(artifact)
+    path = Path(path_or_name)
+    if path.is_dir():
+        raise EssencekitError(f"{path} is a folder, not a weights file (give a file or a registered artifact name)")
+    if not path.is_file():
+        raise EssencekitError(f"weights file not found: {path} (give a file or a registered artifact name)")
+    return path
+
+
+def weights_label(path_or_name, default_artifact: str) -> str:
+    """How run metadata names the weights: the artifact name, or the file's name."""
+    from pathlib import Path
+
+    return _artifact_name(path_or_name, default_artifact) or Path(path_or_name).name
+
+
+def weights_identity(path_or_name, default_artifact: str):
+    """``(file, label, sha256)`` of the weights :func:`resolve_weights` finds: the sha256 of the
+    file as published (from the cache record of an artifact), else of the file."""
+    from .cache import read_record, sha256_file
+
+    path = resolve_weights(path_or_name, default_artifact)
+    artifact = _artifact_name(path_or_name, default_artifact)
+    if artifact is not None:
+        record = read_record(artifact)
+        return path, artifact, record.source_sha256 if record is not None else sha256_file(path)
+    return path, path.name, sha256_file(path)

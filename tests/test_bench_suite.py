@@ -166,9 +166,6 @@ def test_command_line_errors_are_one_line(tmp_path, capsys, register_plugin):
 
 def test_shared_tables():
     columns = [("name", "left"), ("s", "right"), ("note", "left")]
-    assert reporting.markdown(columns, [["a", "1.00", "x"], ["b", "failed"]]) == (
-        "| name | s | note |\n| --- | ---: | --- |\n| a | 1.00 | x |\n| b | failed | |\n"
-    )
     table = reporting.rich_table(columns, [reporting.SECTION, ["a", "1", "[red]x[/red]"], reporting.SECTION,
                                            ["b", "2", ""]])
     console = Console(file=io.StringIO(), width=80)
@@ -177,4 +174,4 @@ def test_shared_tables():
     assert "[red]x[/red]" in text  # cells are plain text, not markup
     assert table.row_count == 2 and table.rows[0].end_section and not table.rows[1].end_section
     assert reporting.peak_label([{"peak_kind": "rss"}, {"peak_kind": "device"}]) == "peak GiB"
-    assert reporting.fmt(None, ".2f") == "-" and reporting.ratio(2.375) == "2.38x"
+    assert reporting.fmt(None, ".2f") == "-" and reporting.fmt(2.375, ".2f", "x") == "2.38x"

@@ -15,7 +15,7 @@ import torch
 from essencekit import cache
 from essencekit.aligners import FaceLandmarks
 from essencekit.cli import main
-from essencekit.cli.pull_weights_cmd import _size
+from essencekit.cli.output import human_size
 from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
 
 OLD = datetime.datetime(2020, 1, 1, 12).timestamp()
@@ -81,8 +81,8 @@ def test_list_shows_weights_and_the_w_cache_with_sizes(filled, capsys):
     code, out, _ = _run(["cache", "list"], capsys)
     text = " ".join(out.split())
     assert code == 0 and "e4e-ffhq" in text and "clip-rn50" in text and "partial" in text
-    assert _size(_folder_size(filled["e4e"])) in text and "kB" in text  # SI sizes, as pull-weights --list
-    assert f"Total: {_size(data['size'])}" in text
+    assert human_size(_folder_size(filled["e4e"])) in text and "kB" in text  # SI sizes, as pull-weights --list
+    assert f"Total: {human_size(data['size'])}" in text
 
 
 def test_an_empty_cache_lists_nothing(capsys):

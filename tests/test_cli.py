@@ -85,6 +85,45 @@ def test_a_full_disk_is_one_clear_line(failing_commands, capsys):
     assert code == 1 and err.strip() == "Error: No space left on device (/tmp/out.png)"
 
 
+@pytest.fixture
+def refusing_command(register_plugin):
+    """A plugin's command whose library refuses the value of its parameter ``--refuse NAME``."""
+    import typer
+
+    from essencekit.errors import OptionError
+
+    class Refusing:
+        @essencekit.hookimpl
+        def register_commands(self, app):
+            @app.command("refuse")
+            def refuse(
+                refuse: str = typer.Option(...),
+                steps: int = typer.Option(1, "--steps", "-n"),
+                format_: str = typer.Option("png", "--format"),
+                no_cache: bool = typer.Option(False, "--no-cache"),
+            ):
+                raise OptionError(f"{refuse} cannot be that", parameter=refuse)
+
+    register_plugin(Refusing(), "refusing")
+
+
+@pytest.mark.parametrize(("parameter", "flag"), [
+    ("steps", "'--steps' / '-n'"),  # named as it is
+    ("format", "'--format'"),  # the command's Python name keeps a keyword free: format_
+    ("cache", "'--no-cache'"),  # a flag that turns the parameter off
+])
+def test_a_refused_value_is_a_usage_error_naming_the_flag(refusing_command, capsys, parameter, flag):
+    code, out, err = _run(["refuse", "--refuse", parameter], capsys)
+    assert code == 2 and out == ""
+    assert f"Error: Invalid value for {flag}: {parameter} cannot be that" in err
+    assert "Usage: essencekit refuse" in err and "Traceback" not in err
+
+
+def test_a_refused_value_without_a_flag_is_still_a_usage_error(refusing_command, capsys):
+    code, _, err = _run(["refuse", "--refuse", "workers"], capsys)
+    assert code == 2 and "Error: Invalid value: workers cannot be that" in err
+
+
 @pytest.mark.parametrize("command", [[], ["plugins"], ["transfer"], ["extract"], ["evaluate"], ["bench"]])
 def test_help_shows_flags_without_a_type(capsys, command):
     # Typer 0.29 prints "<bool>" beside every flag, which reads as if the flag took a value.
@@ -142,6 +181,58 @@ def test_help_reads_plainly_at_80_columns(capsys, monkeypatch, command):
         assert internal not in out, f"{internal!r} in essencekit {' '.join(command)} --help"
     usage = next(line for line in out.splitlines() if "Usage:" in line)
     assert "{" not in usage
+
+
+@pytest.mark.parametrize("command", _help_commands(), ids=lambda c: " ".join(c) or "essencekit")
+def test_help_lists_the_exit_statuses(capsys, command):
+    code, out, _ = _run([*command, "--help"], capsys)
+    text = " ".join(out.replace("│", " ").split())  # the words, whatever the width wrapped
+    assert code == 0 and "Exit status: 0 " in text
+    for status in ("; 1 ", "; 2 on a usage error", "130 when interrupted", "143 when terminated"):
+        assert status in text, f"{status!r} not in essencekit {' '.join(command)} --help"
+
+
+# flags that mean a different thing in each command that has them: what -o writes, which
+# essences, strengths and sources, which CLIP model, which seed
+_OWN_MEANING = {"--output", "--essence", "--strength", "--sources", "--clip", "--clip-weights", "--seed", "--json"}
+
+
+def test_an_option_several_commands_share_reads_the_same_in_each():
+    import typer
+
+    from essencekit.cli import build_app
+
+    seen: dict[str, tuple[str, str]] = {}
+    root = typer.main.get_command(build_app())
+    commands = [(name, c) for name, c in root.commands.items() if not hasattr(c, "commands")]
+    commands += [(f"{name} {sub}", c) for name, group in root.commands.items()
+                 for sub, c in getattr(group, "commands", {}).items()]
+    for name, command in commands:
+        for param in command.params:
+            flag = max(getattr(param, "opts", []), key=len, default=None)
+            if flag is None or not flag.startswith("-") or flag in _OWN_MEANING or flag.endswith("-completion"):
+                continue
+            declared = (param.help, param.metavar)
+            first = seen.setdefault(flag, (name, declared))
+            assert first[1] == declared, f"{flag} of {name} differs from {first[0]}'s: {declared} != {first[1]}"
+    assert {"--backend", "--encoder", "--batch-size", "--max-pixels", "--cache-dir", "--overwrite"} <= set(seen)
+
+
+def test_json_means_the_same_in_every_command():
+    # transfer and invert print a line a result as they go; every other --json the one result
+    import typer
+
+    from essencekit.cli import build_app
+
+    root = typer.main.get_command(build_app())
+    commands = [*root.commands.values(), *root.commands["cache"].commands.values()]
+    helps = {p.help for c in commands for p in getattr(c, "params", []) if "--json" in getattr(p, "opts", [])}
+    assert len(helps) == 2
+
+
+def test_sizes_are_si_in_every_table(capsys):
+    code, out, _ = _run(["plugins"], capsys)
+    assert code == 0 and " kB" in out and " KB" not in out  # as pull-weights --list and cache list
 
 
 def test_argument_help_names_the_values(capsys, monkeypatch):

@@ -375,3 +375,30 @@ def test_builtin_variants_are_found_by_folded_names():
 
     assert get_variant("vit-b-32").name == "ViT-B/32"
     assert get_variant("rn50").name == "RN50"
+
+
+def test_the_default_clip_model_is_the_registered_one_with_the_highest_priority(register_plugin, tiny_clip_weights):
+    import dataclasses
+    from pathlib import Path
+
+    from conftest import tiny_clip_variant
+    from essencekit.clip import get_variant
+    from essencekit.clip_variant import default_clip_name
+    from essencekit.extraction.api import Extractor
+
+    assert default_clip_name() == "ViT-B/32" and get_variant().name == "ViT-B/32"  # the built-ins' priorities
+    preferred = dataclasses.replace(tiny_clip_variant(), name="preferred", priority=11)
+
+    class Plugin:
+        @staticmethod
+        @essencekit.hookimpl
+        def register_clip_models(register):
+            register(preferred)
+
+    register_plugin(Plugin, "preferred-clip")
+    assert default_clip_name() == "preferred"
+    encoder = essencekit.load_clip(device="cpu", weights=tiny_clip_weights, generator_size=64)
+    assert encoder.variant.name == "preferred"
+    generator = Path(__file__).parent / "fixtures" / "tiny-stylegan2.pt"
+    extractor = Extractor(generator=generator, clip_weights=tiny_clip_weights, device="cpu")
+    assert extractor.clip.variant.name == "preferred" and extractor.info["clip_model"] == "preferred"

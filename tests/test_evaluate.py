@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_rn_variant
 from PIL import Image
 
 import essencekit
-from conftest import tiny_rn_variant
 from essencekit.cli import main
 from essencekit.clip import build_clip_model, load_clip
+from essencekit.errors import OptionError
 from essencekit.essence import Essence
 from essencekit.evaluation.api import Evaluator, default_strengths, evaluate, to_signed
 from essencekit.evaluation.metrics import clip_changes, mean_pairwise_cosine, paired_cosine, summarize
 from essencekit.evaluation.report import render_html, write_report
 from essencekit.models.arcface import load_identity_checkpoint
 from essencekit.models.e4e import load_encoder_checkpoint
-from essencekit.errors import OptionError
 from essencekit.transfers.pipeline import to_uint8
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -197,16 +197,21 @@ def test_option_errors_before_any_work(setup):
                           clip_weights=setup.weights)
     with pytest.raises(OptionError, match="each essence needs its target"):
         evaluator.evaluate([setup.essences["alpha"]], [], setup.latents)
-    with pytest.raises(OptionError, match="--strength"):
+    with pytest.raises(OptionError, match="^strengths takes a number") as error:
         evaluator.evaluate([setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, "1,x")
+    assert error.value.parameter == "strengths"
     with pytest.raises(OptionError, match="max_sources must be") as error:  # the parameter, not a flag
         evaluator.evaluate([setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, max_sources=0)
     assert error.value.parameter == "max_sources"
     big = Essence(torch.zeros(18, 512)).save(setup.tmp / "big.pt")
     with pytest.raises(essencekit.EssencekitError, match="shape"):
         evaluator.evaluate([big], [setup.targets["alpha"]], setup.latents)
-    with pytest.raises(essencekit.EssencekitError, match="--clip-weights"):
+    with pytest.raises(OptionError, match="^clip_weights names nope, which is not among the judges") as error:
         Evaluator(judges=setup.judges, clip_weights={"nope": "x"})
+    assert error.value.parameter == "clip_weights"
+    with pytest.raises(OptionError, match="at least one CLIP judge") as error:
+        Evaluator(judges=[])
+    assert error.value.parameter == "judges"
 
 
 def test_report_has_table_plot_and_grid(setup):
@@ -266,8 +271,9 @@ def test_command_table(setup, capsys):
 
 @pytest.mark.parametrize(("extra", "code", "message"), [
     (["-t", "other.png"], 2, "each essence needs its target"),
-    (["--clip-weights", "novalue"], 2, "NAME=PATH"),
-    (["--report", "r.txt"], 2, ".html"),
+    (["--clip-weights", "novalue"], 2, "Invalid value for '--clip-weights': give NAME=PATH"),
+    (["--report", "r.txt"], 2, "Invalid value for '--report': the report is an .html file"),
+    (["--max-sources", "0"], 2, "Invalid value for '--max-sources': max_sources must be at least 1, got 0"),
     (["--strength", "1,1"], 2, "twice"),
 ])
 def test_command_usage_errors(setup, capsys, extra, code, message):

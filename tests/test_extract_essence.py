@@ -170,4 +170,4 @@ def test_export_writes_the_published_npy(essence, tmp_path, capsys):
     code, _, _ = _run(["export", target, tmp_path / "back.safetensors"], capsys)
     assert code == 0 and torch.equal(load_essence(tmp_path / "back.safetensors").direction, essence.direction)
     code, _, err = _run(["export", source, tmp_path / "out.txt"], capsys)
-    assert code == 1 and "unknown essence format" in err and not (tmp_path / "out.txt").exists()
+    assert code == 2 and "Invalid value for 'OUT': unknown essence format" in err and not (tmp_path / "out.txt").exists()

@@ -291,19 +291,21 @@ def test_fast_mode_on_a_512px_generator():
 
 def test_chunk_plan_prefers_one_graph_then_plain_chunks_then_checkpointing(monkeypatch):
     from essencekit.backends import select_backend
-    from essencekit.bench.generator import ffhq_config
     from essencekit.extraction import memory
+    from essencekit.memory import bytes_per_image
+    from essencekit.models.stylegan2 import GeneratorConfig
 
     class FFHQ:
-        config = ffhq_config(1024)
+        config = GeneratorConfig.ffhq(1024)
 
     cpu = select_backend("cpu")
-    per_image = memory.bytes_per_image(FFHQ, 1024)
+    per_image = bytes_per_image(FFHQ, 1024)
     assert 2.5 * 2**30 < per_image < 3.2 * 2**30  # measured: 2.6 GiB at 1024 px
-    assert memory.bytes_per_image(FFHQ, 256) < per_image / 4
-    monkeypatch.setattr(memory, "memory_budget", lambda device: 5 * 2**30)
+    assert bytes_per_image(FFHQ, 256) < per_image / 4
+    assert bytes_per_image(FFHQ, 1024, backward=False) == bytes_per_image(FFHQ, 1024) * 3 // 11  # no autograd
+    monkeypatch.setattr(cpu, "memory_budget", lambda: 5 * 2**30)  # the backend's budget
     assert memory.plan_chunks(FFHQ, cpu, 256, 4) == (4, False)  # all in one graph
     assert memory.plan_chunks(FFHQ, cpu, 1024, 8) == (1, False)  # two-pass chunks, no recomputation
     assert memory.plan_chunks(FFHQ, cpu, 1024, 8, batch_size=4) == (4, True)  # too big: checkpointed
-    monkeypatch.setattr(memory, "memory_budget", lambda device: 2 * 2**30)
+    monkeypatch.setattr(cpu, "memory_budget", lambda: 2 * 2**30)
     assert memory.plan_chunks(FFHQ, cpu, 1024, 8) == (1, True)  # not one image fits without it

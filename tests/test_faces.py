@@ -498,3 +498,33 @@ def test_already_aligned_crops(astronaut_face):
     assert np.array_equal(np.asarray(out), np.asarray(crop))
     solid = paste_back(crop, [face], [Image.new("RGB", (N, N), (0, 0, 0))], feather=0)
     assert np.asarray(solid).max() <= 1  # with no feather the whole image is the edit
+
+
+def test_the_default_aligner_is_the_usable_one_with_the_highest_priority(register_plugin, monkeypatch):
+    from essencekit_builtins import aligners
+
+    class Better(essencekit.Aligner):
+        name, priority, install_hint = "better", 11, "pip install better"
+
+        def detect(self, image):
+            return []
+
+    class Plugin:
+        @staticmethod
+        @essencekit.hookimpl
+        def register_aligners(register):
+            register(Better())
+
+    monkeypatch.setattr(aligners.DlibAligner, "availability", lambda self: (True, ""))
+    monkeypatch.setattr(aligners.MediaPipeAligner, "availability", lambda self: (True, ""))
+    assert faces.get_aligner().name == "dlib"  # the built-ins' priorities keep today's default
+    register_plugin(Plugin, "better-aligner")
+    assert faces.get_aligner().name == "better"
+    # a priority, not a name, makes the default: ranked below mediapipe, dlib is no longer it
+    monkeypatch.setattr(Better, "priority", -1)
+    monkeypatch.setattr(aligners.DlibAligner, "priority", -2)
+    assert faces.get_aligner().name == "mediapipe"
+    for cls in (Better, aligners.DlibAligner, aligners.MediaPipeAligner):
+        monkeypatch.setattr(cls, "availability", lambda self: (False, "not here"))
+    with pytest.raises(EssencekitError, match=r"install the default one: pip install \"mediapipe==.*\(or: pip install better; pip install dlib-bin"):
+        faces.get_aligner()

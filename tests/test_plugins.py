@@ -161,6 +161,42 @@ def test_hook_errors_duplicates_and_wrong_types_are_reported_not_raised(register
     assert "expects WeightArtifact objects, got dict" in messages["wrong-type"]
 
 
+def test_hooks_are_called_through_pluggy_matching_the_arguments_each_implementation_names(register_plugin):
+    """docs/plugin-guide.md promises that an implementation naming fewer arguments than the
+    hook keeps working (as when a hook gains one); a hook that raises is reported, alone."""
+    calls = []
+
+    class NoArgument:
+        @essencekit.hookimpl
+        def register_backends(self):
+            calls.append("no-argument")
+
+    class OnlyRegister:
+        @essencekit.hookimpl
+        def register_backends(self, register):
+            calls.append("only-register")
+            register(_ToyBackend())
+
+    class Raises:
+        @essencekit.hookimpl
+        def register_backends(self, register):
+            calls.append("raises")
+            raise KeyError("x")
+
+    register_plugin(Raises(), "raises")
+    register_plugin(NoArgument(), "no-argument")
+    register_plugin(OnlyRegister(), "only-register")
+    through_pluggy = []
+    plugins.plugin_manager().add_hookcall_monitoring(
+        lambda hook, impls, kwargs: through_pluggy.append((hook, [i.plugin_name for i in impls])), lambda *a: None)
+    assert "toy" in plugins.registered("backends") and "cpu" in plugins.registered("backends")
+    assert calls == ["raises", "no-argument", "only-register"]  # in load order, each once
+    # one pluggy call per plugin: pluggy's call of all of them would stop at the first error
+    assert through_pluggy == [("register_backends", [name]) for name in (
+        "essencekit_builtins.backends", "raises", "no-argument", "only-register")]
+    assert {e.plugin: e.message for e in plugins.load_errors()} == {"raises": "register_backends failed: KeyError: 'x'"}
+
+
 def test_a_third_party_backend_is_selectable_and_explains_unavailability(register_plugin):
     class Toy:
         @essencekit.hookimpl
@@ -193,7 +229,7 @@ def test_plugins_command_lists_everything_as_json(capsys):
     backends = {b["name"]: b for b in report["backends"]}
     assert backends["cpu"] == {
         "name": "cpu", "plugin": "essencekit_builtins.backends", "priority": 0, "description": "the CPU, float32",
-        "modulated_conv": "grouped",
+        "max_batch": 1, "channels_last": False, "fast_grouped_conv": True,
     }
     # listed, not probed: whether a backend works here takes torch (and CUDA) to find out,
     # which is `essencekit doctor`'s job (tests/test_doctor.py)

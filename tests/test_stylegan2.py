@@ -87,6 +87,14 @@ def test_real_ffhq_1024_layout_loads():
     assert torch.equal(loaded["noises.noise_16"], state["noises.noise_16"])
 
 
+def test_ffhq_config_is_the_real_layout():
+    shapes = json.loads((FIXTURES / "stylegan2-ffhq-1024.keys.json").read_text())
+    state = {key: torch.empty(shape) for key, shape in shapes.items()}
+    assert GeneratorConfig.ffhq() == GeneratorConfig.ffhq(1024) == infer_generator_config(state)
+    assert GeneratorConfig.ffhq(256).channels == (512, 512, 512, 512, 512, 256, 128)
+    assert GeneratorConfig.ffhq(64, max_channels=32).channels == (32,) * 5
+
+
 # -- goldens ---------------------------------------------------------------------------------
 
 

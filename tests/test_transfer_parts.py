@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from essencekit import FaceLandmarks
-from essencekit.errors import EssencekitError
+from essencekit import FaceLandmarks, essence_mix, inputs
+from essencekit.errors import EssencekitError, OptionError
 from essencekit.essence import Essence
-from essencekit.transfers import concurrency, essences, inputs, layers, naming, writing
+from essencekit.transfers import concurrency, layers, naming, writing
 from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
 
 # --------------------------------------------------------------------------- --layers
@@ -47,8 +47,9 @@ def test_layer_groups_follow_the_resolution_each_row_drives(size, n_latent, coar
     ("-1", "takes coarse"),
 ])
 def test_bad_layers_say_what_is_allowed(spec, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=message) as error:
         layers.parse_layers(spec, 10)
+    assert error.value.parameter == "layers" and "--" not in str(error.value)
 
 
 def test_row_mask():
@@ -60,19 +61,23 @@ def test_row_mask():
 
 
 def test_strengths():
-    assert essences.parse_strengths(None) is None
-    assert essences.parse_strengths("0.5,1,1.5") == [0.5, 1.0, 1.5]
-    assert essences.parse_strengths(0) == [0.0]
+    assert essence_mix.parse_strengths(None) is None
+    assert essence_mix.parse_strengths("0.5,1,1.5") == [0.5, 1.0, 1.5]
+    assert essence_mix.parse_strengths(0) == [0.0]
     for bad in ("abc", "1,1", "nan", ","):
-        with pytest.raises(ValueError):
-            essences.parse_strengths(bad)
+        with pytest.raises(OptionError) as error:  # a ValueError too, as Python callers expect
+            essence_mix.parse_strengths(bad)
+        assert error.value.parameter == "strength" and str(error.value).startswith(("strength ", "empty item in strength"))
+    with pytest.raises(ValueError, match="^strengths lists a value twice") as error:
+        essence_mix.parse_strengths("1,1", parameter="strengths")
+    assert error.value.parameter == "strengths"
 
 
 def test_spec_weights_only_follow_the_last_at():
-    assert essences.split_spec("joker") == ("joker", 1.0)
-    assert essences.split_spec("joker@0.5") == ("joker", 0.5)
-    assert essences.split_spec("me@home/obama.pt@-1") == ("me@home/obama.pt", -1.0)
-    assert essences.split_spec("me@home.pt") == ("me@home.pt", 1.0)
+    assert essence_mix.split_spec("joker") == ("joker", 1.0)
+    assert essence_mix.split_spec("joker@0.5") == ("joker", 0.5)
+    assert essence_mix.split_spec("me@home/obama.pt@-1") == ("me@home/obama.pt", -1.0)
+    assert essence_mix.split_spec("me@home.pt") == ("me@home.pt", 1.0)
 
 
 def _essence(path: Path, scale: float, strength: str | None = None) -> Path:
@@ -86,7 +91,7 @@ def _essence(path: Path, scale: float, strength: str | None = None) -> Path:
 def test_essences_add_up_at_their_recommended_strengths(tmp_path):
     a = _essence(tmp_path / "a.pt", 1.0, "0.8")
     b = _essence(tmp_path / "b.safetensors", 2.0)
-    mix = essences.EssenceMix([str(a), f"{b}@0.5"])
+    mix = essence_mix.EssenceMix([str(a), f"{b}@0.5"])
     assert mix.label == "a+b"
     # default: each at its own recommended strength; --strength s replaces them all
     assert torch.allclose(mix.delta(None), torch.full((10, 64), 0.8 * 1 + 0.5 * 1.0 * 2))
@@ -102,18 +107,18 @@ def test_published_essence_names_resolve_through_the_weight_cache(tmp_path, monk
 
     published = _essence(tmp_path / "joker.pt", 0.5)
     monkeypatch.setattr(cache, "resolve_artifact", lambda name: published if name == "joker" else None)
-    term = essences.load_term("joker@2")
+    term = essence_mix.load_term("joker@2")
     assert (term.label, term.weight, term.source) == ("joker", 2.0, "published essence joker")
     with pytest.raises(EssencekitError, match="no published essence of that name.*joker"):
-        essences.load_term("nobody")
+        essence_mix.load_term("nobody")
     with pytest.raises(EssencekitError, match="essence file not found"):
-        essences.load_term("missing/obama.pt")
+        essence_mix.load_term("missing/obama.pt")
 
 
 def test_an_essence_of_another_generator_is_refused(tmp_path):
     path = tmp_path / "big.pt"
     Essence(torch.zeros(18, 512), metadata={"generator": "stylegan2-ffhq"}).save(path)
-    mix = essences.EssenceMix(str(path))
+    mix = essence_mix.EssenceMix(str(path))
     with pytest.raises(EssencekitError, match=r"shape \[18, 512\] \(made with stylegan2-ffhq\).*takes \[10, 64\]"):
         mix.check(10, 64, "tiny-e4e.pt (embedded decoder)")
 

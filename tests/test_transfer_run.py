@@ -189,7 +189,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(photos, essence_files, tmp_
     assert "0 bytes" in reasons["empty.jpg"]
     assert "not an image" in reasons["text.png"]
     assert "truncated" in reasons["truncated.png"]
-    assert "2000x1000" in reasons["huge.png"] and "--max-pixels" in reasons["huge.png"]
+    assert "2000x1000" in reasons["huge.png"] and "raise max_pixels" in reasons["huge.png"]
     assert "face too small to invert: 85 px" in reasons["small.png"]
     assert "no face found" in reasons["wall.png"]
     assert "1 files written" in stderr and "6 failed" in stderr
@@ -238,7 +238,7 @@ def test_existing_outputs_are_refused_kept_or_replaced_and_runs_resume(crops, es
     first = (out / "c1_tiny.png").stat().st_mtime_ns
 
     code, _, stderr = _run(args, capsys)
-    assert code == 1 and "already exists" in stderr and "--overwrite" in stderr
+    assert code == 1 and "already exists" in stderr and "overwrite to replace" in stderr
     code, stdout, _ = _run([*args, "--skip-existing", "--json"], capsys)
     assert code == 0
     assert [r["status"] for r in _lines(stdout)] == ["skipped", "written", "written"]
@@ -251,10 +251,23 @@ def test_existing_outputs_are_refused_kept_or_replaced_and_runs_resume(crops, es
 
 def test_usage_errors_exit_2(crops, essence_files, capsys):
     base = ["transfer", crops, "--no-align", "-e", essence_files["tiny"], "--encoder", E4E, "--backend", "cpu"]
-    for extra, message in ((["--layers", "12"], "rows are 0-9"), (["--strength", "x"], "--strength"),
+    for extra, message in ((["--layers", "12"], "Invalid value for '--layers': "),
+                           (["--strength", "x"], "Invalid value for '--strength' / '-s': "),
                            (["--faces", "some"], "some")):
         code, _, stderr = _run([*base, *extra], capsys)
-        assert code == 2 and message in stderr
+        assert code == 2 and message in stderr, stderr
+
+
+def test_a_bad_quality_names_the_parameter_in_python_and_the_flag_on_the_command_line(crops, essence_files, capsys):
+    from essencekit.errors import OptionError
+
+    models = Transferrer(encoder=E4E, device="cpu")
+    with pytest.raises(OptionError, match="^quality must be from 1 to 100, got 0$") as error:
+        models.transfer(crops, str(essence_files["tiny"]), align=False, format="jpg", quality=0)
+    assert error.value.parameter == "quality"  # a Python caller has no flags
+    code, _, stderr = _run(["transfer", crops, "--no-align", "-e", essence_files["tiny"], "--encoder", E4E,
+                            "--backend", "cpu", "--format", "jpg", "--quality", "0"], capsys)
+    assert code == 2 and "Invalid value for '--quality'" in stderr
 
 
 def test_an_essence_for_another_generator_is_refused(crops, essence_files, capsys):

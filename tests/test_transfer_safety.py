@@ -155,9 +155,10 @@ def test_absurd_strengths_and_weights_are_usage_errors(coll, joker, tmp_path, ca
         code, _, stderr = _run([*base, *extra], capsys)
         assert code == 2 and "would move W+ row" in stderr and "--strength" in stderr, stderr
     assert not out.exists()
-    # the library says which parameter, before loading a model
-    with pytest.raises(ValueError, match="--strength -1e\\+09"):
+    # the library says which parameter, in its own words, before loading a model
+    with pytest.raises(ValueError, match="^strength -1e\\+09") as caught:
         essencekit.transfer(coll / "megan.jpg", joker, -1e9, encoder="no-such-encoder.pt")
+    assert caught.value.parameter == "strength" and "--" not in str(caught.value)
 
 
 def _raw_essence(path: Path, direction: torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
@@ -219,8 +220,8 @@ def test_an_output_that_is_a_file_is_named(coll, joker, capsys):
 
 
 def test_empty_strength_items_are_refused_like_empty_layers(coll, joker, tmp_path, capsys):
-    for extra, message in ((["--strength", "1,,2"], "empty item in --strength"),
-                           (["--layers", "1,,2"], "empty item in --layers")):
+    for extra, message in ((["--strength", "1,,2"], "empty item in strength"),
+                           (["--layers", "1,,2"], "empty item in layers")):
         code, _, stderr = _run(["transfer", coll / "megan.jpg", "-e", joker, "--no-align", "-o", tmp_path / "out",
                                 *TINY, *extra], capsys)
         assert code == 2 and message in stderr, stderr
@@ -229,7 +230,7 @@ def test_empty_strength_items_are_refused_like_empty_layers(coll, joker, tmp_pat
 def test_a_weight_that_is_not_a_number_is_named(coll, joker, tmp_path, capsys):
     code, _, stderr = _run(["transfer", coll / "megan.jpg", "-e", f"{joker}@abc", "--no-align", "-o",
                             tmp_path / "out", *TINY], capsys)
-    assert code == 1 and "the weight after '@' must be a number, got 'abc'" in stderr
+    assert code == 2 and "the weight after '@' must be a number, got 'abc'" in stderr  # a usage error
     assert "not found" not in stderr
 
 

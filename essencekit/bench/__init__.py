@@ -1,22 +1,16 @@
-"""Benchmarks of essencekit's models, runnable from the installed package.
+"""``essencekit bench``: essencekit's own path timed on this machine, random weights.
 
-* :mod:`essencekit.bench.suite`: the suite behind ``essencekit bench`` (essencekit's own path:
-  generator forward and forward+backward, e4e inversion, one extract step, transfer images/s,
-  peak memory), also ``python benchmarks/suite.py``.
-* :mod:`essencekit.bench.generator`: the StyleGAN2 generator, essencekit's forms against the
-  reference form (``python benchmarks/generator.py`` or ``python -m essencekit.bench.generator``).
-* :mod:`essencekit.bench.extract` and :mod:`essencekit.bench.transfer`: an extraction step and
-  transfer throughput against reference-equivalent loops (``benchmarks/extract.py``,
-  ``benchmarks/transfer.py``).
-* :mod:`essencekit.bench.reference_ops`: the reference implementation's resampling ops, for
-  timing the reference form on the same weights.
-* :mod:`essencekit.bench.measure`: timing, peak-memory, worker-process and machine helpers.
-* :mod:`essencekit.bench.report`: tables, the machine header, JSON files and the scripts'
-  command-line plumbing, shared by all of them.
+* :mod:`essencekit.bench.suite`: the suite (its cases, the report, the worker entry point
+  ``python -m essencekit.bench.suite --worker SPEC``);
+* :mod:`essencekit.bench.workloads`: what the cases run (generator, extraction, transfer);
+* :mod:`essencekit.bench.measure`: timing, peak-memory, worker-process and machine helpers;
+* :mod:`essencekit.bench.report`: table cells, Rich tables, the machine header and JSON files.
 
+The comparisons against the reference implementation are development benchmarks: they live in
+the source checkout's ``benchmarks/`` (docs/performance.md), not in the installed package.
 Importing this package imports no torch; the submodules do when they run.
 """
 
 from __future__ import annotations
 
-__all__ = ["extract", "generator", "measure", "reference_ops", "report", "suite", "transfer"]
+__all__ = ["measure", "report", "suite", "workloads"]

@@ -1,5 +1,6 @@
 """Small measuring helpers shared by the benchmarks: timing, peak memory, worker processes,
-and a description of the machine (presenting the figures is :mod:`essencekit.bench.report`'s).
+and a description of the machine (presenting the figures is :mod:`essencekit.bench.report`'s);
+``essencekit bench`` and the development benchmarks in a source checkout's ``benchmarks/`` use them.
 
 Peak memory on the CPU is the process's peak resident set size (``ru_maxrss``): it cannot be
 reset, so a benchmark that wants one figure per configuration runs each configuration in its
@@ -21,16 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..hugepages import HUGE_PAGES_ENV, huge_pages_status
-
-# A reference loop's worker process uses torch's CPU allocator as the reference implementation
-# does: without the transparent huge pages that importing essencekit asks for.
-REFERENCE_PROCESS_ENV = {HUGE_PAGES_ENV: "0"}
-
-
-def worker_env(loop: str) -> dict[str, str]:
-    """The environment settings of a worker that runs ``loop`` (see :func:`worker_runner`)."""
-    return dict(REFERENCE_PROCESS_ENV) if loop == "reference" else {}
+from ..hugepages import huge_pages_status
 
 GIB = 2**30
 
@@ -154,13 +146,16 @@ def run_worker(
         result_path.unlink(missing_ok=True)
 
 
-def worker_runner(module: str, timeout: float | None = None) -> Callable[[dict, str], dict]:
-    """A runner that runs each spec in a fresh ``python -m module --worker`` process."""
+def worker_runner(
+    module: str, timeout: float | None = None, env: dict[str, str] | None = None
+) -> Callable[[dict, str], dict]:
+    """A runner that runs each spec in a fresh ``python -m module --worker`` process, with
+    ``env`` and then the spec's ``"env"`` over this process's environment."""
 
     def run(spec: dict, workdir: str) -> dict:
         # A spec's "env" is read before torch loads in the worker (allocator settings).
-        env = {**os.environ, **spec["env"]} if spec.get("env") else None
-        return run_worker(module, spec, workdir, timeout=timeout, env=env)
+        extra = {**(env or {}), **(spec.get("env") or {})}
+        return run_worker(module, spec, workdir, timeout=timeout, env={**os.environ, **extra} if extra else None)
 
     return run
 
@@ -278,7 +273,7 @@ def machine_info(backend=None) -> dict:
             backend=backend.name,
             device=str(device),
             autocast_dtype=str(backend.autocast_dtype).removeprefix("torch."),
-            backend_modulated_conv=backend.modulated_conv,
+            backend_fast_grouped_conv=backend.fast_grouped_conv,
         )
         if device.type == "cuda":
             props = torch.cuda.get_device_properties(device)
@@ -316,6 +311,7 @@ def describe_machine(info: dict) -> list[str]:
             device += f", {gib(info['device_memory_bytes']):.0f} GiB"
         lines.append(
             f"Backend: {info['backend']} on {info['device']} ({device}); autocast "
-            f"{info['autocast_dtype']}; backend's modulated conv: {info['backend_modulated_conv']}"
+            f"{info['autocast_dtype']}; fast grouped convolutions: "
+            + ("yes" if info["backend_fast_grouped_conv"] else "no")
         )
     return lines

@@ -15,15 +15,17 @@ Cases (:data:`CASES`), in this order:
   (inversion + synthesis + PNG write), the automatic batch size, images/s.
 
 Every case runs on the backend's own modulated convolution and autocast (no reference
-baselines: those are in the per-area benchmarks, ``benchmarks/generator.py``, ``extract.py``
-and ``transfer.py``), in its own worker process so that its peak memory is its own: the
+baselines: those are the source checkout's development benchmarks, ``benchmarks/generator.py``,
+``extract.py`` and ``transfer.py``), in its own worker process (:mod:`essencekit.bench.workloads`
+does the work) so that its peak memory is its own: the
 backend's peak device memory where it reports one (CUDA: ``max_memory_allocated``), else the
 process's peak RSS (``ru_maxrss``, models included). Each case is warmed up once, then timed
 ``repeats`` times; the figure is the median.
 
 :func:`run_suite` returns the report (plain data, see :func:`result_row` and the keys it
 returns); :func:`render` prints it with Rich; ``essencekit bench`` is the command line, and
-``python benchmarks/suite.py`` the same command from a source checkout.
+``python benchmarks/suite.py`` the same command from a source checkout. This module imports
+no command-line code: the worker processes run ``python -m essencekit.bench.suite --worker``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import measure
+from . import measure, workloads
 from .report import fmt, gib_cell, peak_label, print_lines, print_machine, rich_table, wide
 
 MODULE = "essencekit.bench.suite"
@@ -83,18 +85,18 @@ def default_images(device_type: str) -> int:
 
 
 def _generator(spec: dict, op: str, batch: int) -> dict:
-    from .generator import ffhq_config, measure_cases
+    from ..models.stylegan2 import GeneratorConfig
 
-    config = ffhq_config(spec["size"], max_channels=spec.get("max_channels"))
-    result = measure_cases({
-        "config": asdict(config), "variant": "backend", "cases": [[op, batch]], "backend": spec["backend"],
+    config = GeneratorConfig.ffhq(spec["size"], max_channels=spec.get("max_channels"))
+    result = workloads.generator_cases({
+        "config": asdict(config), "cases": [[op, batch]], "backend": spec["backend"],
         "repeats": spec["repeats"], "time_budget_s": None, "warmup": True, "autocast": True,
         "seed": spec["seed"], "save_dir": None,
     })
     (case,) = result["cases"]
     return {"times_s": case["times_s"], "items": batch, "params": {"size": config.size, "batch": batch},
             **{k: v for k, v in case.items() if k.startswith("peak_")},
-            "details": {"torch_threads": result["torch_threads"]}}
+            "details": {k: result[k] for k in ("torch_threads", "modulated_conv")}}
 
 
 def _inversion(spec: dict) -> dict:
@@ -102,10 +104,9 @@ def _inversion(spec: dict) -> dict:
 
     from ..backends import select_backend
     from ..transfers.pipeline import auto_batch_size
-    from .transfer import build_models
 
     backend = select_backend(spec["backend"])
-    e4e, _ = build_models({"loop": "batched", **spec}, backend)
+    e4e, _ = workloads.transfer_models(spec, backend)
     batch = auto_batch_size(e4e.generator, backend)
     size = e4e.input_size
     stream = torch.Generator().manual_seed(spec["seed"] + 5)
@@ -126,10 +127,8 @@ def _inversion(spec: dict) -> dict:
 
 
 def _extract(spec: dict) -> dict:
-    from .extract import run_case
-
-    record = run_case({
-        "loop": "essencekit", "size": spec["size"], "max_channels": spec.get("max_channels"),
+    record = workloads.extract_case({
+        "size": spec["size"], "max_channels": spec.get("max_channels"),
         "sources": EXTRACT_SOURCES, "restarts": EXTRACT_RESTARTS, "steps": spec["repeats"] + 1,
         "backend": spec["backend"], "clip": spec["clip"], "seed": spec["seed"],
     })
@@ -144,10 +143,8 @@ def _extract(spec: dict) -> dict:
 
 
 def _transfer(spec: dict) -> dict:
-    from .transfer import run_case
-
-    record = run_case({
-        "loop": "batched", "size": spec["size"], "max_channels": spec.get("max_channels"),
+    record = workloads.transfer_case({
+        "size": spec["size"], "max_channels": spec.get("max_channels"),
         "backend": spec["backend"], "seed": spec["seed"], "photos": spec["photos"], "warmup": spec["warmup"],
         "workdir": spec["workdir"], "batch_size": None, "repeats": spec["repeats"],
     })
@@ -267,8 +264,8 @@ def run_suite(
     (default: a worker process, given up after ``timeout`` seconds); ``progress`` gets a line
     before and after each case. Options that cannot work raise :class:`ValueError`.
     """
-    from ..version import __version__
     from ..backends import select_backend
+    from ..version import __version__
 
     selected = check_options(cases, repeats=repeats, size=size, batch=batch, images=images,
                              max_channels=max_channels)
@@ -287,9 +284,7 @@ def run_suite(
             spec = {"case": name, "backend": chosen.name, "size": size, "max_channels": max_channels,
                     "repeats": repeats, "batch": batch, "clip": clip, "seed": seed, "workdir": workdir}
             if name == "transfer":
-                from .transfer import prepare_photos
-
-                warmup, photos = prepare_photos(
+                warmup, photos = workloads.prepare_photos(
                     Path(workdir) / "photos", images, size=size, max_channels=max_channels, seed=seed,
                     batch_size=None, device_type=chosen.device.type,
                 )
@@ -377,18 +372,14 @@ def default_output(report: dict, folder: Path | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m essencekit.bench.suite [OPTIONS]`` (and ``benchmarks/suite.py``): ``essencekit
-    bench`` with the same options; ``--worker SPEC`` runs one case (the worker processes)."""
+    """``python -m essencekit.bench.suite --worker SPEC``: run one case, as :func:`subprocess_runner`
+    starts it. People run the suite with ``essencekit bench`` (or :func:`run_suite`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--worker"] and len(argv) == 2:
-        return measure.worker_main(argv[1], run_case)
-    from ..cli import main as cli_main
-
-    try:
-        cli_main(["bench", *argv])
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
+    if argv[:1] != ["--worker"] or len(argv) != 2:
+        print("usage: python -m essencekit.bench.suite --worker SPEC.json (one case of `essencekit bench`, "
+              "which runs the suite)", file=sys.stderr)
+        return 2
+    return measure.worker_main(argv[1], run_case)
 
 
 if __name__ == "__main__":

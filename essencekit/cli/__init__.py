@@ -17,8 +17,9 @@ import click
 import typer
 from rich.markup import escape
 
-from ..errors import EssencekitError
-from .output import err
+from ..errors import EssencekitError, OptionError
+from .options import command_help
+from .output import err, print_error
 
 # Typer >= 0.17 vendors Click; usage errors derive from its ClickException, not click's
 _USAGE_ERRORS = tuple({click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
@@ -81,7 +82,7 @@ def build_app() -> typer.Typer:
     """The Typer app with the built-in commands and every plugin's commands."""
     app = typer.Typer(
         name="essencekit",
-        help=HELP,
+        help=command_help(HELP),
         no_args_is_help=True,
         pretty_exceptions_show_locals=False,
         add_completion=True,  # --install-completion, --show-completion (docs/guide.md)
@@ -194,10 +195,37 @@ def shell_from_environment(command) -> None:
             param.callback = with_fallback(param.callback)
 
 
+def _flag_of(command, parameter: str):
+    """The option or argument of ``command`` that feeds the library's ``parameter``: named as it
+    is, with the ``_`` that keeps a Python keyword free (``format_``), or negated (``no_cache``
+    for ``cache``). ``None`` when the command has none."""
+    names = (parameter, f"{parameter}_", f"no_{parameter}")
+    return next((param for param in command.params if param.name in names), None)
+
+
+def option_errors_as_usage_errors(command) -> None:
+    """Make an :class:`OptionError` from ``command`` or any subcommand a usage error that names
+    the flag (``Invalid value for '--steps': steps must be at least 1, got 0``, exit 2): the
+    library names its parameter, the command line knows which flag set it. Every command, a
+    plugin's included, gets this, as Click treats a value it refuses itself."""
+    for sub in getattr(command, "commands", {}).values():
+        option_errors_as_usage_errors(sub)
+    invoke = command.invoke
+
+    def run(ctx):
+        try:
+            return invoke(ctx)
+        except OptionError as error:
+            raise typer.BadParameter(str(error), ctx=ctx, param=_flag_of(command, error.parameter)) from None
+
+    command.invoke = run
+
+
 def _run(args: list[str] | None) -> int:
     command = typer.main.get_command(build_app())
     tidy_help(command)
     shell_from_environment(command)
+    option_errors_as_usage_errors(command)
     try:
         result = command.main(args=args, prog_name="essencekit", standalone_mode=False)
     except _EXITS as exit_:
@@ -208,15 +236,15 @@ def _run(args: list[str] | None) -> int:
     except _ABORTS:
         return _interrupted()
     except EssencekitError as error:
-        err.print(f"[red]Error:[/red] {escape(str(error))}", highlight=False)
+        print_error(str(error))
         return 1
     except MemoryError:
-        err.print("[red]Error:[/red] out of memory; try a smaller --batch-size or another backend")
+        print_error("out of memory; try a smaller --batch-size or another backend")
         return 1
     except OSError as error:
         # full disks and permission problems surface here; name the file when we know it
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        err.print(f"[red]Error:[/red] {escape(str(error.strerror or error))}{escape(where)}", highlight=False)
+        print_error(f"{error.strerror or error}{where}")
         return 1
     code = result if isinstance(result, int) else 0
     if code == EXIT_INTERRUPTED:  # newer Typers turn Ctrl-C into an exit code themselves

@@ -7,15 +7,15 @@ import tempfile
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from .output import err, out, print_json
-from .transfer_cmd import command_help
+from .options import Backend, Json, add_command, exit_statuses
+from .output import out, print_json, print_log
 
-EXIT_HELP = (
-    "Exit status: 0 when every case ran; 1 when a case failed (the others still run and are saved) or on an "
-    "error (an unavailable backend, an unwritable -o); 2 on a usage error; 130 when interrupted (nothing is "
-    "saved)."
+EXIT_STATUSES = exit_statuses(
+    "when every case ran",
+    "when a case failed (the others still run and are saved) or on an error (an unavailable backend, an "
+    "unwritable -o)",
+    "nothing is saved",
 )
 ADVANCED = "Advanced (smoke tests)"
 
@@ -39,9 +39,7 @@ def _check_writable(path: Path) -> None:
 
 
 def bench(
-    backend: str = typer.Option(
-        "auto", "--backend", help="cpu, cuda, mps, or auto: $ESSENCEKIT_BACKEND, else the best available."
-    ),
+    backend: Backend = "auto",
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs of each case after a warm-up."),
     only: str | None = typer.Option(
         None, "--only", metavar="CASE,...",
@@ -52,7 +50,7 @@ def bench(
     images: int | None = typer.Option(
         None, "--images", min=1, help="Timed images of the transfer case (default: 8 on the CPU, 128 on a GPU)."
     ),
-    json_: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of the table."),
+    json_: Json = False,
     output: Path | None = typer.Option(
         None, "-o", "--output", metavar="FILE.json",
         help="Save the JSON here (default: essencekit-bench-*.json, named after the backend, date and time, in "
@@ -97,7 +95,7 @@ def bench(
     report = run_suite(
         backend=backend, cases=cases, repeats=repeats, size=size, batch=batch, images=images,
         max_channels=max_channels, clip=clip, seed=seed, timeout=timeout,
-        progress=lambda line: err.print(escape(line), highlight=False),
+        progress=print_log,
     )
     if json_:
         print_json(report)
@@ -106,10 +104,10 @@ def bench(
     path = output if output is not None else None if json_ else default_output(report)
     if path is not None:
         save_json(report, path)
-        err.print(f"saved {escape(str(path))}", highlight=False)
+        print_log(f"saved {path}")
     if any(row.get("error") for row in report["results"]):
         raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench", help=command_help(bench.__doc__, EXIT_HELP))(bench)
+    add_command(app, "bench", bench, EXIT_STATUSES)

@@ -1,7 +1,6 @@
 """``essencekit cache``: see what the cache holds, remove a weight artifact, prune old W+ records.
 
-A thin layer over :mod:`essencekit.cache_admin`. Exit status: 0 success, 1 an error (one line
-on stderr), 2 a usage error.
+A thin layer over :mod:`essencekit.cache_admin`.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import EssencekitError
-from .output import ResultTable, err, out, print_json
-from .pull_weights_cmd import _size  # the one human-size formatter of the CLI (SI: kB, MB, GB)
+from .options import CacheDir, Json, add_command, command_help, exit_statuses
+from .output import ResultTable, err, human_size, out, print_json
 
 HELP = """Show and clean up the cache: downloaded weights and the W+ cache of transfer/invert.
 
@@ -25,11 +24,7 @@ deletes one weight artifact (`pull-weights NAME` brings it back); `essencekit ca
 --older-than YYYY-MM-DD` deletes W+ records not used since that day (each costs one new
 inversion if the photo comes back)."""
 
-cache_app = typer.Typer(name="cache", help=HELP, no_args_is_help=True, add_completion=False)
-
-_CACHE_DIR = typer.Option(
-    None, "--cache-dir", metavar="DIR", help="Use DIR as the cache (default: ESSENCEKIT_HOME, else the user cache folder)."
-)
+cache_app = typer.Typer(name="cache", help=command_help(HELP), no_args_is_help=True, add_completion=False)
 
 
 def _root(cache_dir: Optional[Path]):
@@ -38,10 +33,9 @@ def _root(cache_dir: Optional[Path]):
     return using_cache_root(cache_dir)
 
 
-@cache_app.command("list")
 def list_(
-    json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    cache_dir: Optional[Path] = _CACHE_DIR,
+    json_: Json = False,
+    cache_dir: CacheDir = None,
 ):
     """List the weight artifacts and the W+ cache, with their sizes."""
     from ..cache_admin import usage
@@ -55,26 +49,25 @@ def list_(
         table = ResultTable("Weights", ["name", "size", "files", "status", "fetched"], whole=["name"])
         for a in found.artifacts:
             status = a.status if a.registered else f"{a.status}, not registered"
-            table.add_row(escape(a.name), _size(a.size), str(a.files), escape(status), escape(a.fetched_at[:10]))
+            table.add_row(escape(a.name), human_size(a.size), str(a.files), escape(status), escape(a.fetched_at[:10]))
         out.print(table)
     if found.latents:
         table = ResultTable("W+ cache (transfer, invert)", ["recipe", "encoder", "aligner", "entries", "size", "last used", "oldest"])
         for group in found.latents:
             table.add_row(escape(group.recipe), escape(group.encoder), escape(group.aligner), str(group.entries),
-                          _size(group.size), group.last_used, group.oldest)
+                          human_size(group.size), group.last_used, group.oldest)
         out.print(table)
     if not found.artifacts and not found.latents:
         out.print(f"The cache {escape(str(found.root))} is empty.", highlight=False)
         return
-    out.print(f"Total: {_size(found.size)} in {escape(str(found.root))}", highlight=False)
+    out.print(f"Total: {human_size(found.size)} in {escape(str(found.root))}", highlight=False)
 
 
-@cache_app.command("remove")
 def remove(
     name: str = typer.Argument(..., metavar="NAME", help="A weight artifact in the cache (see `essencekit cache list`)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    json_: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
-    cache_dir: Optional[Path] = _CACHE_DIR,
+    json_: Json = False,
+    cache_dir: CacheDir = None,
 ):
     """Delete one weight artifact from the cache (`pull-weights NAME` fetches it again)."""
     from ..cache_admin import remove_artifact, usage
@@ -84,14 +77,15 @@ def remove(
         if target is not None and not yes:
             if not sys.stdin.isatty():
                 raise EssencekitError(f"removing {name} needs confirmation: pass --yes (no terminal to ask on)")
-            if not typer.confirm(f"Remove {name} ({_size(target.size)}, {target.path})?", default=False, err=True):
+            if not typer.confirm(f"Remove {name} ({human_size(target.size)}, {target.path})?", default=False, err=True):
                 err.print("Nothing removed.")
                 raise typer.Exit(1)
         removed = remove_artifact(name)  # an unknown name is refused here, with what is there
     if json_:
         print_json({"removed": name, "path": str(removed.path), "size": removed.size, "files": removed.files})
     else:
-        out.print(f"Removed {escape(name)} ({_size(removed.size)}) from {escape(str(removed.path))}", highlight=False)
+        out.print(f"Removed {escape(name)} ({human_size(removed.size)}) from {escape(str(removed.path))}",
+                  highlight=False)
 
 
 def _date(value: str) -> datetime.date:
@@ -101,15 +95,14 @@ def _date(value: str) -> datetime.date:
         raise typer.BadParameter(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2025-01-31") from None
 
 
-@cache_app.command("prune")
 def prune(
     older_than: str = typer.Option(
         ..., "--older-than", metavar="YYYY-MM-DD", callback=_date,
         help="Remove W+ records last used before this day (local time).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
-    json_: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    cache_dir: Optional[Path] = _CACHE_DIR,
+    json_: Json = False,
+    cache_dir: CacheDir = None,
 ):
     """Delete W+ cache records (transfer, invert) not used since a date. Weights are kept."""
     from ..cache_admin import prune_latents
@@ -120,8 +113,13 @@ def prune(
         print_json(result.to_dict())
         return
     verb = "Would remove" if dry_run else "Removed"
-    out.print(f"{verb} {result.entries} W+ record(s) ({_size(result.size)}) last used before {result.before}",
+    out.print(f"{verb} {result.entries} W+ record(s) ({human_size(result.size)}) last used before {result.before}",
               highlight=False)
+
+
+add_command(cache_app, "list", list_)
+add_command(cache_app, "remove", remove, exit_statuses(error="on an error, or when the removal is declined"))
+add_command(cache_app, "prune", prune)
 
 
 def register(app: typer.Typer) -> None:

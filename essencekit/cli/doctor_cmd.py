@@ -5,20 +5,23 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
+from .options import Json, add_command, exit_statuses
 from .output import out, print_json
 
 _STYLES = {"ok": "green", "info": "dim", "warn": "yellow", "error": "bold red"}
 
 
-def doctor(json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
-    """Check Python, torch, open_clip, backends, the cache, weights and plugins.
+EXIT_STATUSES = exit_statuses(
+    "when `essencekit transfer photos/ --essence joker` can run (warnings alone, a read-only cache among them, "
+    "exit 0)",
+    "when it cannot (its weights not verified, no face aligner: each ERROR line names its fix) or something "
+    "required is broken (no usable backend, a cache folder that cannot be created, a corrupt weight file, a "
+    "missing dependency)",
+)
 
-    Exits with status 1 unless `essencekit transfer photos/ --essence joker` can run (its
-    weights verified, a face aligner installed; each ERROR line names its fix) and when
-    something required is broken (no usable backend, a cache folder that cannot be created, a
-    corrupt weight file, a missing dependency). Warnings alone, a read-only cache among them,
-    exit 0.
-    """
+
+def doctor(json_: Json = False):
+    """Check Python, torch, open_clip, backends, the cache, weights and plugins."""
     from ..doctor import report
 
     result = report()
@@ -40,4 +43,4 @@ def doctor(json_: bool = typer.Option(False, "--json", help="Print machine-reada
 
 
 def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor)
+    add_command(app, "doctor", doctor, EXIT_STATUSES)

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from .output import err, out, print_json
+from .options import Json, Overwrite, add_command
+from .output import out, print_json, print_note
 
 _SHOWN_FIRST = (
     "name", "kind", "format_version", "latent_space", "direction_shape", "direction_norm", "recommended_strength",
@@ -33,11 +34,11 @@ def info(
         ..., metavar="ESSENCE",
         help="An essence file (.pt, .safetensors or TargetCLIP .npy) or a published essence name (joker, ...).",
     ),
-    json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    json_: Json = False,
 ):
     """Show an essence's metadata: how it was made, its losses and recommended strength."""
     from ..essence import load_essence
-    from ..transfers.essences import resolve_essence
+    from ..essence_mix import resolve_essence
 
     path, _ = resolve_essence(essence)  # as `transfer --essence` does: a file, else a published name
     data = load_essence(path).info()
@@ -75,16 +76,17 @@ def info(
 def export(
     essence: str = typer.Argument(..., metavar="ESSENCE", help="The essence file (or published name) to convert."),
     output: Path = typer.Argument(..., metavar="OUT", help="Where to write: .npy (TargetCLIP), .pt or .safetensors."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: Overwrite = False,
 ):
     """Write an essence in another format; OUT.npy is the published TargetCLIP format ((1, 18, 512) float32)."""
-    from ..errors import EssencekitError
+    from ..errors import EssencekitError, OptionError
     from ..essence import SUFFIXES, load_essence
-    from ..transfers.essences import resolve_essence
+    from ..essence_mix import resolve_essence
 
     if output.suffix.lower() not in SUFFIXES:
-        raise EssencekitError(
-            f"unknown essence format {output.suffix!r} for {output}; use one of {', '.join(SUFFIXES)}"
+        raise OptionError(
+            f"unknown essence format {output.suffix!r} for {output}; use one of {', '.join(SUFFIXES)}",
+            parameter="output",
         )
     if output.exists() and not overwrite:
         raise EssencekitError(f"{output} already exists; pass --overwrite to replace it")
@@ -99,10 +101,10 @@ def export(
                 f"; the recommended strength ({strength:g}) is lost, and later uses of {output.name} default to "
                 f"strength 1.0 unless you pass --strength {strength:g}"
             )
-        err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+        print_note(message)
     out.print(f"wrote {escape(str(output))}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("info")(info)
-    app.command("export")(export)
+    add_command(app, "info", info)
+    add_command(app, "export", export)

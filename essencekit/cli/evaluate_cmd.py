@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
 
 import typer
 from rich.markup import escape
 
-from .output import err, out, print_json, progress_enabled
-from .transfer_cmd import command_help, usage_errors
+from ..errors import OptionError
+from .options import (
+    Aligner, Backend, BatchSize, ClipInput, Encoder, Generator, Json, NoAlign, NoCache, add_command, exit_statuses,
+)
+from .output import err, out, print_json, print_log, print_note, progress_enabled
 
-EXIT_HELP = (
-    "Exit status: 0 when the measures were taken (sources that could not be used are listed, and left out of "
-    "the figures); 1 on an error (missing weights, unreadable essence or target, no usable source); 2 on a "
-    "usage error; 130 when interrupted (nothing is written)."
+EXIT_STATUSES = exit_statuses(
+    "when the measures were taken (sources that could not be used are listed, and left out of the figures)",
+    "on an error (missing weights, unreadable essence or target, no usable source)",
+    "nothing is written",
 )
 JUDGES_HELP = "Comma list of CLIP variants that judge target similarity and consistency."
 
@@ -25,7 +27,7 @@ def _clip_weights(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise typer.BadParameter(f"--clip-weights takes NAME=PATH (ViT-B/32=vit.safetensors), got {pair!r}")
+            raise OptionError(f"give NAME=PATH (ViT-B/32=vit.safetensors), got {pair!r}", parameter="clip_weights")
         weights[name] = path
     return weights
 
@@ -59,11 +61,11 @@ def print_table(evaluation) -> None:
 
 
 def evaluate(
-    essence: list[str] = typer.Option(
+    essences: list[str] = typer.Option(
         ..., "--essence", "-e", metavar="NAME_OR_PATH",
         help="An essence file or published essence name; repeat for several, each paired with a --target.",
     ),
-    target: list[Path] = typer.Option(
+    targets: list[Path] = typer.Option(
         ..., "--target", "-t", metavar="IMAGE", help="The target image of each --essence, in the same order."
     ),
     sources: list[str] = typer.Option(
@@ -71,7 +73,7 @@ def evaluate(
         help="Faces to edit: photo folders or files, W+ latent files (essencekit invert), or celebs (the 68 "
         "published celebrity latents). Repeatable.",
     ),
-    strength: str | None = typer.Option(
+    strengths: str | None = typer.Option(
         None, "--strength", "-s", metavar="S[,S...]",
         help="Strengths to measure (strength 0, the unedited sources, is always measured). Default: 0.5, 1 and "
         "1.5 times each essence's recommended strength.",
@@ -86,28 +88,24 @@ def evaluate(
     clip_weights: list[str] = typer.Option(
         [], "--clip-weights", metavar="NAME=PATH", help="Weights file of a judge not in the cache. Repeatable."
     ),
-    clip_input: Literal["raw", "standard"] = typer.Option(
-        "raw", "--clip-input", help="How every judge sees images (raw: the published essences' domain)."
-    ),
+    clip_input: ClipInput = "raw",
     report: Path | None = typer.Option(
         None, "--report", metavar="FILE.html",
         help="Also write an HTML report: the table, the identity / target-similarity plot over strength, and an "
         "image grid.",
     ),
     grid_sources: int = typer.Option(4, "--grid-sources", min=0, help="Sources shown in the report's grid."),
-    no_align: bool = typer.Option(False, "--no-align", help="Source photos are FFHQ-aligned crops: no detection."),
+    no_align: NoAlign = False,
     no_align_target: bool = typer.Option(
         False, "--no-align-target", help="Measure the identity leak on the target's centre square, not its face."
     ),
-    aligner: str | None = typer.Option(None, "--aligner", help="Face aligner: dlib (default), mediapipe."),
-    backend: str | None = typer.Option(None, "--backend", help="cpu, cuda, mps (default: the best available)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Faces per model pass."),
-    encoder: str | None = typer.Option(None, "--encoder", metavar="PATH_OR_ARTIFACT", help="e4e checkpoint."),
-    generator: str | None = typer.Option(
-        None, "--generator", metavar="PATH_OR_ARTIFACT", help="StyleGAN2 checkpoint (default: the encoder's decoder)."
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the W+ cache."),
-    json_: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    aligner: Aligner = None,
+    backend: Backend = None,
+    batch_size: BatchSize = None,
+    encoder: Encoder = None,
+    generator: Generator = None,
+    no_cache: NoCache = False,
+    json_: Json = False,
 ):
     """Measure essences the way the TargetCLIP paper does, over strengths.
 
@@ -122,16 +120,12 @@ def evaluate(
     from ..evaluation.report import write_report
 
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
-        raise typer.BadParameter(f"--report {report}: the report is an .html file")
+        raise OptionError(f"the report is an .html file, got {report}", parameter="report")
     judges = [name.strip() for name in clip.split(",") if name.strip()]
-
-    def notify(message: str) -> None:
-        err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
-
-    evaluator = usage_errors(lambda: Evaluator(
+    evaluator = Evaluator(
         encoder=encoder, generator=generator, device=backend, aligner=aligner, identity_model=identity_model,
-        judges=judges, clip_weights=_clip_weights(clip_weights), clip_input=clip_input, notify=notify,
-    ))
+        judges=judges, clip_weights=_clip_weights(clip_weights), clip_input=clip_input, notify=print_note,
+    )
     options = dict(align=not no_align, align_target=not no_align_target, batch_size=batch_size, cache=not no_cache,
                    grid_sources=grid_sources if report is not None else 0, max_sources=max_sources)
     if progress_enabled():
@@ -140,10 +134,10 @@ def evaluate(
         with Progress(SpinnerColumn(), TextColumn("rendering and measuring: {task.completed} images"),
                       TimeElapsedColumn(), console=err) as bar:
             task = bar.add_task("evaluate", total=None)
-            evaluation = usage_errors(lambda: evaluator.evaluate(
-                essence, target, sources, strength, progress=lambda n: bar.advance(task, n), **options))
+            evaluation = evaluator.evaluate(
+                essences, targets, sources, strengths, progress=lambda n: bar.advance(task, n), **options)
     else:
-        evaluation = usage_errors(lambda: evaluator.evaluate(essence, target, sources, strength, **options))
+        evaluation = evaluator.evaluate(essences, targets, sources, strengths, **options)
     for failure in evaluation.failures:
         err.print(f"[red]skipped[/red] {escape(failure['source'])}: {escape(failure['reason'])}", highlight=False)
     if json_:
@@ -152,8 +146,8 @@ def evaluate(
         print_table(evaluation)
     if report is not None:
         write_report(evaluation, report)
-        err.print(f"report: {escape(str(report))}", highlight=False)
+        print_log(f"report: {report}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate", help=command_help(evaluate.__doc__, EXIT_HELP))(evaluate)
+    add_command(app, "evaluate", evaluate, EXIT_STATUSES)

@@ -9,31 +9,35 @@ from typing import Literal
 import typer
 from rich.markup import escape
 
-from .output import err, out, print_json, progress_enabled
+from ..extraction.settings import DEFAULTS  # the one declaration of the defaults (no torch)
+from .options import (
+    Aligner, Backend, BatchSize, ClipInput, Encoder, Generator, Json, Overwrite, add_command, exit_statuses,
+)
+from .output import err, out, print_json, print_note, progress_enabled
 
 ESSENCE_SUFFIXES = (".pt", ".safetensors")
 
 
 def _plan_outputs(targets: list[Path], output: Path | None, preview: Path | None, overwrite: bool):
     """(essence path, preview path or None) per target; refuses clashes and existing files."""
-    from ..errors import EssencekitError
+    from ..errors import EssencekitError, OptionError
 
     if len(targets) == 1 and (output is None or output.suffix):
         paths = [output if output is not None else Path.cwd() / f"{targets[0].stem}.pt"]
     else:
         folder = output if output is not None else Path.cwd()
         if folder.exists() and not folder.is_dir():
-            raise EssencekitError(f"-o {folder}: with several targets -o names a folder, and this is a file")
+            raise OptionError(f"with several targets the output is a folder, and {folder} is a file",
+                              parameter="output")
         paths = [folder / f"{t.stem}.pt" for t in targets]
     for path in paths:
         if path.suffix.lower() not in ESSENCE_SUFFIXES:
-            raise EssencekitError(
-                f"-o {path}: an essence is written as .pt or .safetensors (`essencekit export` writes .npy)"
-            )
+            raise OptionError(f"an essence is written as .pt or .safetensors (`essencekit export` writes .npy), "
+                              f"got {path}", parameter="output")
     previews = [None] * len(targets)
     if preview is not None:
         if preview.suffix.lower() != ".png":
-            raise EssencekitError(f"--preview {preview}: the contact sheet is a .png file")
+            raise OptionError(f"the contact sheet is a .png file, got {preview}", parameter="preview")
         previews = (
             [preview] if len(targets) == 1
             else [preview.with_name(f"{preview.stem}-{t.stem}{preview.suffix}") for t in targets]
@@ -149,64 +153,57 @@ def extract(
         None, "-o", "--output",
         help="Essence file (.pt or .safetensors); default <target stem>.pt here. With several targets, a folder.",
     ),
-    steps: int = typer.Option(1000, "--steps", help="Optimisation steps."),
-    lr: float = typer.Option(0.2, "--lr", help="Adam learning rate of the direction (and of the coefficients)."),
-    weight_decay: float = typer.Option(3e-3, "--weight-decay", help="Adam weight decay (coupled, not AdamW)."),
-    lambda_transfer: float = typer.Option(1.0, "--lambda-transfer", help="Weight of the transfer loss."),
-    lambda_consistency: float = typer.Option(0.6, "--lambda-consistency", help="Weight of the consistency loss."),
+    steps: int = typer.Option(DEFAULTS.steps, "--steps", help="Optimisation steps."),
+    lr: float = typer.Option(DEFAULTS.lr, "--lr", help="Adam learning rate of the direction (and of the coefficients)."),
+    weight_decay: float = typer.Option(DEFAULTS.weight_decay, "--weight-decay", help="Adam weight decay (coupled, not AdamW)."),
+    lambda_transfer: float = typer.Option(DEFAULTS.lambda_transfer, "--lambda-transfer", help="Weight of the transfer loss."),
+    lambda_consistency: float = typer.Option(DEFAULTS.lambda_consistency, "--lambda-consistency", help="Weight of the consistency loss."),
     consistency: Literal["raw", "normalized"] = typer.Option(
-        "raw", "--consistency", help="CLIP deltas un-normalised (published recipe) or L2-normalised first."
+        DEFAULTS.consistency, "--consistency", help="CLIP deltas un-normalised (published recipe) or L2-normalised first."
     ),
     sources: str | None = typer.Option(
         None, "--sources", metavar="FILE|DIR|celebs",
         help="Source latents: a W+ latents file, a folder of face photos (e4e), or 'celebs'. Default: sampled.",
     ),
-    num_sources: int = typer.Option(8, "--num-sources", help="Training sources N."),
-    held_out: int = typer.Option(4, "--held-out", help="Held-out sources M that choose among restarts (0: none)."),
-    restarts: int = typer.Option(4, "--restarts", help="Directions K optimised at once; the best is kept."),
+    num_sources: int = typer.Option(DEFAULTS.num_sources, "--num-sources", help="Training sources N."),
+    held_out: int = typer.Option(DEFAULTS.held_out, "--held-out", help="Held-out sources M that choose among restarts (0: none)."),
+    restarts: int = typer.Option(DEFAULTS.restarts, "--restarts", help="Directions K optimised at once; the best is kept."),
     init: Literal["auto", "inversion", "random"] = typer.Option(
-        "auto", "--init", help="Start of restart 1: the e4e inversion of the target (auto: when there is a face)."
+        DEFAULTS.init, "--init", help="Start of restart 1: the e4e inversion of the target (auto: when there is a face)."
     ),
     coefficients: Literal["sign", "adam", "fixed"] = typer.Option(
-        "sign", "--coefficients", help="Per-source coefficient updates: reference sign steps, Adam, or fixed at 1."
+        DEFAULTS.coefficients, "--coefficients", help="Per-source coefficient updates: reference sign steps, Adam, or fixed at 1."
     ),
     clip: str = typer.Option("ViT-B/32", "--clip", help="CLIP model: ViT-B/32 or RN50 (or a plugin's)."),
-    clip_input: Literal["raw", "standard"] = typer.Option(
-        "raw", "--clip-input", help="CLIP input mode: raw [-1, 1] pixels (published recipe) or CLIP's standard."
-    ),
-    fast: bool = typer.Option(False, "--fast", help="Render at most 256 px while optimising (approximate; CPU/MPS)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per generator pass (default: by memory)."),
-    backend: str | None = typer.Option(None, "--backend", help="cpu, cuda, mps (default: the best available)."),
+    clip_input: ClipInput = "raw",
+    fast: bool = typer.Option(DEFAULTS.fast, "--fast", help="Render at most 256 px while optimising (approximate; CPU/MPS)."),
+    batch_size: BatchSize = DEFAULTS.batch_size,
+    backend: Backend = None,
     seed: int | None = typer.Option(None, "--seed", help="Random seed (recorded in the essence) for a repeatable run."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    overwrite: Overwrite = False,
     preview: Path | None = typer.Option(
         None, "--preview", metavar="GRID.png", help="Write a contact sheet at the end."
     ),
-    json_: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
-    generator: str | None = typer.Option(
-        None, "--generator", metavar="PATH_OR_ARTIFACT", help="StyleGAN2 checkpoint (default: stylegan2-ffhq)."
-    ),
+    json_: Json = False,
+    generator: Generator = None,
     clip_weights: Path | None = typer.Option(None, "--clip-weights", metavar="PATH", help="CLIP weights file."),
-    encoder: str | None = typer.Option(
-        None, "--encoder", metavar="PATH_OR_ARTIFACT", help="e4e checkpoint for inversions (default: e4e-ffhq)."
-    ),
-    aligner: str | None = typer.Option(
-        None, "--aligner", help="Face aligner for inversions (default: the best installed)."
-    ),
+    encoder: Encoder = None,
+    aligner: Aligner = None,
 ):
     """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
-    from ..extraction.api import ExtractionInterrupted, Extractor, read_target
+    from ..extraction.api import ExtractionInterrupted, Extractor
+    from ..images import read_target
     from ..extraction.settings import ExtractSettings
 
     settings = ExtractSettings(
         steps=steps, lr=lr, weight_decay=weight_decay, lambda_transfer=lambda_transfer,
         lambda_consistency=lambda_consistency, consistency=consistency, num_sources=num_sources, held_out=held_out,
         restarts=restarts, init=init, coefficients=coefficients, fast=fast, batch_size=batch_size,
-    ).validate()
+    )
     if seed is not None and seed < 0:
-        from ..errors import EssencekitError
+        from ..errors import OptionError
 
-        raise EssencekitError(f"--seed must be a whole number >= 0, got {seed}")
+        raise OptionError(f"seed must be a whole number >= 0, got {seed}", parameter="seed")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     read = [read_target(t) for t in targets]
@@ -218,13 +215,9 @@ def extract(
             "or 'celebs')"
         )
     paths, previews = _plan_outputs(targets, output, preview, overwrite)
-
-    def notify(message: str) -> None:
-        err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
-
     extractor = Extractor(
         generator=generator, clip=clip, clip_weights=clip_weights, clip_input=clip_input, encoder=encoder,
-        device=backend, aligner=aligner, notify=notify,
+        device=backend, aligner=aligner, notify=print_note,
     )
     size = 256 if fast and extractor.generator.size > 256 else extractor.generator.size
     summaries = []
@@ -263,4 +256,5 @@ def extract(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("extract")(extract)
+    add_command(app, "extract", extract, exit_statuses(
+        stopped="the best essence found so far is saved (nothing, before the first step)"))

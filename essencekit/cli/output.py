@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Iterable
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -100,3 +104,119 @@ class ResultTable:
 def progress_enabled(quiet: bool = False) -> bool:
     """Progress bars only for a person watching: not with --quiet, not when stderr is piped."""
     return not quiet and err.is_terminal
+
+
+def print_note(message: str) -> None:
+    """A notice from the library as it works (its ``notify`` callback: a fallback used, a
+    weight converted), in yellow on stderr."""
+    err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+
+
+def print_log(line: str) -> None:
+    """A plain progress line on stderr (``bench``, written where no bar fits)."""
+    err.print(escape(line), highlight=False)
+
+
+def print_error(message: str) -> None:
+    """The one line of an error, on stderr."""
+    err.print(f"[red]Error:[/red] {escape(message)}", highlight=False)
+
+
+def human_size(n: int | None) -> str:
+    """``n`` bytes in SI units (kB, MB, GB: as disks and downloads count), ``?`` when unknown."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return str(n)
+
+
+class RunDisplay:
+    """Progress on stderr (a Rich bar for a person at a terminal), failures as they happen, one
+    JSON line per result with ``--json``, and the summary at the end."""
+
+    def __init__(self, total: int, verb: str, json_lines: bool):
+        self.total, self.verb, self.json_lines = total, verb, json_lines
+        self.counts = {"written": 0, "skipped": 0, "failed": 0, "done": 0}
+        self.failures: list[tuple[str, str]] = []
+        self.inputs_done = 0
+        self.faces = 0
+        self.started = time.perf_counter()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        if progress_enabled():
+            from rich.progress import (
+                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=err, transient=False,
+            )
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.verb, total=self.total, rate="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def add(self, result) -> None:
+        self.counts[result.status] = self.counts.get(result.status, 0) + 1
+        if self.json_lines:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+            sys.stdout.flush()
+        if result.status == "failed":
+            self.failures.append((result.source, result.reason))
+            err.print(f"[yellow]failed[/yellow] {escape(result.reason)}", highlight=False)
+        for note in result.notes if result.last else ():
+            err.print(f"[dim]{escape(result.source)}: skipped a face: {escape(note)}[/dim]", highlight=False)
+        if result.last:
+            self.inputs_done += 1
+            self.faces += result.faces if result.status != "failed" else 0
+            if self.progress is not None:
+                elapsed = max(time.perf_counter() - self.started, 1e-9)
+                self.progress.update(self.task, completed=self.inputs_done, rate=f"{self.faces / elapsed:.2f} faces/s")
+
+    def summary(self, output: Path | None, what: str, interrupted: bool = False) -> None:
+        from rich.table import Table
+
+        console = err if self.json_lines else out
+        seconds = time.perf_counter() - self.started
+        line = (
+            f"{self.inputs_done} of {self.total} inputs, {self.faces} faces in {seconds:.1f} s: "
+            f"{self.counts['written']} {what} written" + (f" to {output}" if output is not None else "")
+            + f", {self.counts['skipped']} skipped (already there), {self.counts['failed']} failed"
+        )
+        console.print(escape(line), highlight=False)
+        if self.failures:
+            table = Table(title="Failed inputs", title_justify="left")
+            table.add_column("input", overflow="fold")
+            table.add_column("reason", overflow="fold")
+            for source, reason in self.failures:
+                table.add_row(escape(source), escape(reason.removeprefix(f"{source}: ")))
+            console.print(table)
+        if interrupted:
+            err.print("[yellow]Interrupted: the files written so far are complete; rerun with --skip-existing to "
+                      "resume.[/yellow]")
+
+
+def run_with_display(run, verb: str, what: str, output: Path | None, json_lines: bool) -> None:
+    """Consume ``run`` under a :class:`RunDisplay`; exits 1 when an input failed, 130 on Ctrl-C."""
+    display = RunDisplay(run.total, verb, json_lines)
+    try:
+        with display:
+            for result in run:
+                display.add(result)
+    except KeyboardInterrupt:
+        display.summary(output, what, interrupted=True)
+        raise typer.Exit(130) from None
+    display.summary(output, what)
+    if display.failures:
+        raise typer.Exit(1)

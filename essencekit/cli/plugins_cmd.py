@@ -5,17 +5,8 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from .output import ResultTable, err, out, print_json
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+from .options import Json, add_command
+from .output import ResultTable, err, human_size, out, print_json
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> ResultTable:
@@ -25,7 +16,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> ResultTable
     return result
 
 
-def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")):
+def plugins(json_: Json = False):
     """List plugins, their hooks, and the backends, CLIP variants, weights and aligners they register.
 
     Backends are listed, not probed (that needs torch, seconds): `essencekit doctor` says which
@@ -52,7 +43,7 @@ def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-read
     ))
     out.print(_table(
         "Weight artifacts", ["name", "group", "kind", "size", "license", "plugin"],
-        [[w["name"], w["group"], w["kind"], _size(w["size"]),
+        [[w["name"], w["group"], w["kind"], human_size(w["size"]),
           ("must accept: " if w["license_must_accept"] else "") + license_summary(w["license"]), w["plugin"]]
          for w in report["weights"]],
     ))
@@ -66,4 +57,4 @@ def plugins(json_: bool = typer.Option(False, "--json", help="Print machine-read
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plugins")(plugins)
+    add_command(app, "plugins", plugins)

@@ -1,7 +1,6 @@
 """``essencekit pull-weights``: fetch, import, verify and list the weight cache.
 
-A thin layer over :mod:`essencekit.pull`. Exit status: 0 success, 1 a failure (one line per
-problem on stderr), 2 a usage error.
+A thin layer over :mod:`essencekit.pull`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import EssencekitError
-from .output import ResultTable, err, out, print_json, progress_enabled
+from .options import CacheDir, Json, add_command, exit_statuses
+from .output import ResultTable, err, human_size, out, print_error, print_json, print_note, progress_enabled
 
 HELP = """Download the model weights and published essences, verified by sha256.
 
@@ -26,17 +26,6 @@ first use) is pulled instead, and says so. Offline, copy the files into a folder
 (URL/<file name>); ESSENCEKIT_OFFLINE=1 forbids network access, HF_HUB_OFFLINE=1 access to
 Hugging Face. Each retry is said on stderr; ESSENCEKIT_CONNECT_TIMEOUT and
 ESSENCEKIT_READ_TIMEOUT (seconds) set the network timeouts."""
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return str(n)
 
 
 class _RichProgress:
@@ -62,24 +51,16 @@ class _RichProgress:
             self._task = None
 
 
-class _HashProgress:
+class _HashProgress(_RichProgress):
     """A Rich bar while ``--verify`` re-hashes a large file (removed when the file is done:
     small files would only flicker)."""
 
     MIN_SIZE = 64 * 1000 * 1000
 
-    def __init__(self, progress):
-        self._progress = progress
-        self._task = None
-
     def start(self, label: str, total: int | None, completed: int = 0) -> None:
         self.finish()
         if total is not None and total >= self.MIN_SIZE:
             self._task = self._progress.add_task(label, total=total, completed=completed)
-
-    def update(self, completed: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=completed)
 
     def finish(self) -> None:
         if self._task is not None:
@@ -121,14 +102,6 @@ def _say(line: str, progress_cm=None) -> None:
         out.print(line, highlight=False)
 
 
-def _fail(message: str) -> None:
-    err.print(f"[red]Error:[/red] {escape(message)}", highlight=False)
-
-
-def _note(message: str) -> None:
-    err.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
-
-
 def _list(names: list[str], as_json: bool) -> None:
     from .. import cache
     from ..pull import list_artifacts
@@ -152,7 +125,7 @@ def _list(names: list[str], as_json: bool) -> None:
         if row["status"] == "missing" and row["provided_by"]:
             status, style = f"via {row['provided_by']}", "green"  # its fallback stands in for it
         table.add_row(
-            escape(row["name"]), escape(row["group"]), row["kind"], _size(row["size"]),
+            escape(row["name"]), escape(row["group"]), row["kind"], human_size(row["size"]),
             f"[{style}]{escape(status)}[/]", escape(license_text),
         )
     out.print(table)
@@ -174,8 +147,10 @@ def _licenses_accepted(pending, accept_flag: bool) -> bool:
 def pull_weights(
     names: Optional[List[str]] = typer.Argument(None, metavar="NAME", help="Artifacts or groups (default: faces)."),
     all_: bool = typer.Option(False, "--all", help="Every registered artifact."),
-    list_: bool = typer.Option(False, "--list", help="List the artifacts, their size, license and cache status."),
-    json_: bool = typer.Option(False, "--json", help="With --list: print machine-readable JSON."),
+    list_: bool = typer.Option(
+        False, "--list", help="List the artifacts, their size, license and cache status (as JSON with --json)."
+    ),
+    json_: Json = False,
     verify_: bool = typer.Option(False, "--verify", help="Re-hash the cached files and report bad ones."),
     repair: bool = typer.Option(False, "--repair", help="With --verify: fetch bad files again (implies --verify)."),
     from_dir: Optional[Path] = typer.Option(
@@ -187,9 +162,7 @@ def pull_weights(
         None, "--mirror", metavar="URL", help="Try URL/<file name> first (repeatable; also ESSENCEKIT_MIRROR).",
     ),
     accept_licenses: bool = typer.Option(False, "--accept-licenses", help="Accept the licenses that require it."),
-    cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", metavar="DIR", help="Use DIR as the cache for this run (default: ESSENCEKIT_HOME).",
-    ),
+    cache_dir: CacheDir = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-file lines."),
 ):
     names = list(names or [])
@@ -219,7 +192,7 @@ def pull_weights(
             else:
                 code = _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet)
     except EssencekitError as error:
-        _fail(str(error))
+        print_error(str(error))
         raise typer.Exit(1) from None
     if code:
         raise typer.Exit(code)
@@ -231,7 +204,7 @@ def _result_line(result) -> str:
         return f"[green]ok[/green] {escape(result.name)}: already in the cache{via} ({escape(str(result.path))})"
     verb = {"verified": "found in the cache"}.get(result.action, result.action)
     checked = "sha256 pinned on first use" if result.pinned_now else "sha256 verified"
-    return (f"[green]ok[/green] {escape(result.name)}: {verb}{via}, {checked}, {_size(result.size)} -> "
+    return (f"[green]ok[/green] {escape(result.name)}: {verb}{via}, {checked}, {human_size(result.size)} -> "
             f"{escape(str(result.path))}")
 
 
@@ -248,10 +221,7 @@ def _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet) -> int:
                 _say(_result_line(result), progress_cm)
         else:
             failures.append(result)
-            _fail(f"{result.name}: {result.message}")
-
-    def notify(message: str) -> None:
-        _note(message)
+            print_error(f"{result.name}: {result.message}")
 
     # licenses first, before any progress display takes the terminal
     pending = pull.licenses_to_accept(pull.select(names, all=all_))
@@ -263,7 +233,7 @@ def _pull(names, all_, accept_licenses, from_dir, link, mirror, quiet) -> int:
 
     kwargs = dict(
         from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else None,
-        notify=notify, on_result=on_result,
+        notify=print_note, on_result=on_result,
     )
     try:
         if progress_cm is not None:
@@ -300,7 +270,7 @@ def _verify(names, all_, repair, quiet, from_dir, link, mirror) -> int:
 
     options = dict(
         on_result=on_result, from_dir=from_dir, link=link, mirrors=list(mirror) if mirror else pull.env_mirrors(),
-        notify=_note,  # retries during --repair: through the console, so they land above the bars
+        notify=print_note,  # retries during --repair: through the console, so they land above the bars
     )
     if progress_cm is not None:
         with progress_cm:
@@ -312,12 +282,15 @@ def _verify(names, all_, repair, quiet, from_dir, link, mirror) -> int:
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         err.print(f"checked {sum(counts.values())} artifact(s): {summary}", highlight=False)
     if bad and not repair:
-        _fail(f"{len(bad)} cached file(s) failed verification; run `essencekit pull-weights --verify --repair`")
+        print_error(f"{len(bad)} cached file(s) failed verification; run `essencekit pull-weights --verify --repair`")
     elif bad:
-        _fail(f"{len(bad)} cached file(s) could not be repaired")
+        print_error(f"{len(bad)} cached file(s) could not be repaired")
     return 1 if bad else 0
 
 
 def register(app: typer.Typer) -> None:
     """Add ``pull-weights`` to the ``essencekit`` app."""
-    app.command("pull-weights", help=HELP, no_args_is_help=False)(pull_weights)
+    add_command(app, "pull-weights", pull_weights, exit_statuses(
+        error="on a failure (one line per problem on stderr)",
+        stopped="a partial download is kept, and the next run resumes it",
+    ), help=HELP, no_args_is_help=False)

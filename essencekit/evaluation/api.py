@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EssencekitError
-from ..errors import OptionError
+from ..errors import EssencekitError, OptionError
 from .metrics import Summary, clip_changes, mean_pairwise_cosine, paired_cosine, summarize
 from .sources import limit_sources, resolve_sources
 
@@ -161,18 +160,19 @@ class Evaluator:
     def __init__(self, *, encoder=None, generator=None, device=None, aligner=None, identity_model=None,
                  judges: Sequence[str] = DEFAULT_JUDGES, clip_weights: dict[str, str] | None = None,
                  clip_input: str = "raw", notify: Callable[[str], None] | None = None):
-        from ..transfers.api import Transferrer
+        from ..transfers import Transferrer  # the public pipeline: see the package docstring
 
         self.models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner,
                                   notify=notify)
         self.notify = notify or (lambda message: None)
         self.judge_names = list(dict.fromkeys(judges))
         if not self.judge_names:
-            raise EssencekitError("give at least one CLIP judge (--clip)")
+            raise OptionError("give at least one CLIP judge (judges)", parameter="judges")
         self.clip_weights = dict(clip_weights or {})
         unknown = sorted(set(self.clip_weights) - set(self.judge_names))
         if unknown:
-            raise EssencekitError(f"--clip-weights names {', '.join(unknown)}, which is not among the judges (--clip)")
+            raise OptionError(f"clip_weights names {', '.join(unknown)}, which is not among the judges",
+                              parameter="clip_weights")
         self._identity_spec = identity_model
         self._identity = None
         self.identity_label = ""
@@ -235,8 +235,8 @@ class Evaluator:
 
     def _evaluate(self, stack, essences, targets, sources, strengths, *, align, align_target, batch_size, cache,
                   grid_sources, max_sources, progress) -> Evaluation:
-        from ..extraction.api import read_target
-        from ..transfers.essences import EssenceMix, parse_strengths
+        from ..essence_mix import EssenceMix, parse_strengths
+        from ..images import read_target
 
         essences = [essences] if isinstance(essences, (str, os.PathLike)) else list(essences)
         targets = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
@@ -247,10 +247,7 @@ class Evaluator:
                 f"each essence needs its target image: got {len(essences)} essence(s) and {len(targets)} target(s) "
                 "(give essences and targets in pairs)", parameter="targets",
             )
-        try:
-            sweep = parse_strengths(strengths)
-        except ValueError as error:
-            raise OptionError(str(error), parameter="strengths") from None
+        sweep = parse_strengths(strengths, parameter="strengths")
         mix = EssenceMix(essences)  # loads and checks every essence before any work
         generator = self.models.generator
         mix.check(generator.n_latent, generator.style_dim, self.models.generator_label)

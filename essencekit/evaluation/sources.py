@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EssencekitError
+from ..errors import OptionError
 
 
 def resolve_sources(sources) -> list:
     """The inputs as transfer takes them; ``"celebs"`` becomes the cached artifact's path."""
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
-        raise EssencekitError("give the sources to measure on (--sources DIR|LATENTS|celebs)")
+        raise OptionError("give the sources to measure on (a folder, a W+ latents file or 'celebs')", parameter="sources")
     resolved = []
     for item in items:
         if str(item) == "celebs" and not Path(str(item)).exists():
@@ -29,8 +29,8 @@ def resolve_sources(sources) -> list:
 def limit_sources(items: list, limit: int, generator, scratch: Path) -> list:
     """The first ``limit`` sources: whole photos in order, and latent files cut to the rows
     still needed (a cut file is written to ``scratch``). A photo counts as one source."""
-    from ..transfers.inputs import discover
-    from ..transfers.latents import read_latents
+    from ..inputs import discover
+    from ..latents import read_latents
 
     kept: list = []
     left = limit

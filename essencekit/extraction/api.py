@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..errors import EssencekitError
+from ..errors import EssencekitError, OptionError
 from ..essence import FORMAT_VERSION, Essence
+from ..images import Target, read_target
+from ..weights import weights_identity
 from .coefficients import WEIGHT_DECAY
 from .memory import plan_chunks
 from .optimise import OptimiseResult, OptimiseSettings, StepReport, evaluate_directions, optimise
@@ -25,8 +25,6 @@ from .settings import FAST_SIZE, ExtractSettings
 from .sources import SourceSet, random_directions, resolve_sources
 
 log = logging.getLogger("essencekit.extract")
-
-DEFAULT_CLIP = "ViT-B/32"
 
 
 class ExtractionInterrupted(KeyboardInterrupt):
@@ -40,57 +38,6 @@ class ExtractionInterrupted(KeyboardInterrupt):
         self.steps = steps
 
 
-@dataclass
-class Target:
-    """A target image, read once: its pixels, and what the metadata says about it."""
-
-    image: object  # PIL.Image, RGB
-    name: str
-    file: str
-    sha256: str
-
-
-def read_target(target) -> Target:
-    """Open a target image (a path or a PIL image) upright in RGB and fingerprint it; one-line errors."""
-    from PIL import Image
-
-    from ..images import read_image, to_rgb
-
-    if isinstance(target, Image.Image):
-        image = to_rgb(target)
-        digest = hashlib.sha256(image.tobytes()).hexdigest()
-        return Target(image, "target", "", f"pixels:{digest}")
-    path = Path(os.fspath(target))
-    try:
-        image = read_image(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except EssencekitError as error:
-        raise EssencekitError(f"cannot read the target image: {error}") from None
-    except OSError as error:
-        raise EssencekitError(f"cannot read the target image {path}: {error.strerror or error}") from None
-    return Target(image, path.stem, path.name, digest.hexdigest())
-
-
-def _weights_identity(path_or_name, default_artifact: str) -> tuple[Path, str, str]:
-    """(file, label for the metadata, sha256 of the file as published)."""
-    from ..api import resolve_weights
-    from ..cache import read_record, sha256_file
-    from ..plugins import registered
-
-    path = resolve_weights(path_or_name, default_artifact)
-    name = default_artifact if path_or_name is None else str(path_or_name)
-    if not Path(name).exists() and name in registered("weights"):
-        record = read_record(name)
-        sha = record.source_sha256 if record is not None else sha256_file(path)
-        return path, name, sha
-    if not path.is_file():
-        raise EssencekitError(f"weights file not found: {path} (give a file or a registered artifact name)")
-    return path, path.name, sha256_file(path)
-
-
 def _warn(message: str) -> None:
     log.warning(message)
 
@@ -99,8 +46,9 @@ class Extractor:
     """The models of an extraction, loaded once for any number of targets.
 
     ``generator``: a checkpoint path, an artifact name (default ``stylegan2-ffhq``) or a
-    loaded :class:`~essencekit.models.stylegan2.Generator`. ``clip``: a CLIP variant name or a
-    loaded :class:`~essencekit.clip.ClipEncoder`; ``clip_weights`` a weights file for the
+    loaded :class:`~essencekit.models.stylegan2.Generator`. ``clip``: a CLIP variant name (default: the
+    highest-priority registered one, ViT-B/32 among the built-ins) or a loaded
+    :class:`~essencekit.clip.ClipEncoder`; ``clip_weights`` a weights file for the
     variant. ``encoder``: the e4e checkpoint (path or artifact, default ``e4e-ffhq``), loaded
     only when a photo must be inverted. ``inverter``: replaces the face alignment + e4e
     inversion (a function PIL image -> W+ [n_latent, style_dim]). ``notify`` receives the
@@ -111,7 +59,7 @@ class Extractor:
         self,
         *,
         generator=None,
-        clip=DEFAULT_CLIP,
+        clip=None,
         clip_weights: str | os.PathLike | None = None,
         clip_input: str = "raw",
         encoder=None,
@@ -131,18 +79,15 @@ class Extractor:
         else:
             from ..models.stylegan2 import load_generator_checkpoint
 
-            path, label, sha = _weights_identity(generator, "stylegan2-ffhq")
+            path, label, sha = weights_identity(generator, "stylegan2-ffhq")
             self.generator = self.backend.prepare(load_generator_checkpoint(path))
             self.info.update(generator=label, generator_sha256=sha)
         self.info["generator_size"] = str(self.generator.size)
-        if isinstance(clip, str):
+        if clip is None or isinstance(clip, str):
             from ..clip import get_variant, load_clip
 
             variant = get_variant(clip)
-            if clip_weights is None:
-                path, label, sha = _weights_identity(variant.weights, variant.weights)
-            else:
-                path, label, sha = _weights_identity(clip_weights, variant.weights)
+            path, label, sha = weights_identity(clip_weights, variant.weights)
             self.clip = load_clip(
                 variant.name, self.backend, input_mode=clip_input, generator_size=self.generator.size, weights=path
             )
@@ -181,7 +126,7 @@ class Extractor:
             def load_e4e():
                 from ..models.e4e import load_encoder_checkpoint
 
-                path, label, sha = _weights_identity(self._encoder_spec, "e4e-ffhq")
+                path, label, sha = weights_identity(self._encoder_spec, "e4e-ffhq")
                 self.info.update(encoder=label, encoder_sha256=sha)
                 return self.backend.prepare(load_encoder_checkpoint(path))
 
@@ -197,7 +142,7 @@ class Extractor:
             except EssencekitError as error:
                 if settings.init == "inversion":
                     name = target.file or target.name
-                    raise EssencekitError(f"--init inversion: cannot invert {name}: {error}") from None
+                    raise EssencekitError(f"init 'inversion': cannot invert {name}: {error}") from None
                 self.notify(
                     f"no e4e inversion of {target.file or target.name} ({error}); restart 1 starts from a random "
                     "latent like the others"
@@ -230,7 +175,7 @@ class Extractor:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise EssencekitError(f"--seed must be a whole number >= 0, got {seed!r}")
+            raise OptionError(f"seed must be a whole number >= 0, got {seed!r}", parameter="seed")
         target = target if isinstance(target, Target) else read_target(target)
         generator, device = self.generator, self.backend.device
         started = time.perf_counter()
@@ -250,10 +195,7 @@ class Extractor:
             settings.batch_size,
         )
         options = OptimiseSettings(
-            steps=settings.steps, lr=settings.lr, weight_decay=settings.weight_decay,
-            lambda_transfer=settings.lambda_transfer, lambda_consistency=settings.lambda_consistency,
-            consistency=settings.consistency, coefficients=settings.coefficients, batch_size=batch_size,
-            render_size=render_size, checkpoint=checkpoint,
+            **{**settings.recipe(), "batch_size": batch_size}, render_size=render_size, checkpoint=checkpoint
         )
         phase("optimise")
         result = optimise(
@@ -382,7 +324,7 @@ def extract(
     target,
     *,
     generator=None,
-    clip=DEFAULT_CLIP,
+    clip=None,
     clip_weights: str | os.PathLike | None = None,
     clip_input: str = "raw",
     encoder=None,
@@ -398,11 +340,10 @@ def extract(
 ) -> Essence:
     """Find the essence of ``target`` (an image path or a PIL image) by optimisation.
 
-    Hyper-parameters (keywords, defaults = the recipe of the published essences): ``steps``
-    1000, ``lr`` 0.2, ``weight_decay`` 3e-3, ``lambda_transfer`` 1.0, ``lambda_consistency``
-    0.6, ``consistency`` ``"raw"``/``"normalized"``, ``num_sources`` 8, ``held_out`` 4,
-    ``restarts`` 4, ``init`` ``"auto"``/``"inversion"``/``"random"``, ``coefficients``
-    ``"sign"``/``"adam"``/``"fixed"``, ``fast`` False, ``batch_size`` None (automatic).
+    Hyper-parameters: the keywords of :class:`~essencekit.extraction.settings.ExtractSettings`
+    (``steps``, ``lr``, ``num_sources``, ``restarts``, ...), which declares their defaults (the
+    recipe of the published essences) and checks; a value that cannot work raises
+    :class:`~essencekit.errors.OptionError` naming the parameter.
 
     ``sources``: ``None`` (sampled with truncation 0.7 from ``seed``), ``"celebs"``, a W+
     latents file, a folder of face photos, or a [P, n_latent, style_dim] tensor. Models: see
@@ -419,7 +360,7 @@ def extract(
     unknown = set(hyperparameters) - set(ExtractSettings.__dataclass_fields__)
     if unknown:
         raise TypeError(f"extract() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    settings = ExtractSettings(**hyperparameters).validate()
+    settings = ExtractSettings(**hyperparameters)
     extractor = Extractor(
         generator=generator, clip=clip, clip_weights=clip_weights, clip_input=clip_input, encoder=encoder,
         device=device, aligner=aligner, inverter=inverter, notify=notify,

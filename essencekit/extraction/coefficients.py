@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-RULES = ("sign", "adam", "fixed")
+from .settings import COEFFICIENT_RULES as RULES
+
 WEIGHT_DECAY = 0.01
 ADAM_EPS = 1e-8
 

@@ -43,7 +43,7 @@ def face_inverter(
                 raise EssencekitError(
                     f"the e4e encoder makes [{e4e.n_latent}, {e4e.style_dim}] latents but the generator needs "
                     f"[{generator.n_latent}, {generator.style_dim}]: use the e4e checkpoint of this generator "
-                    "(--encoder)"
+                    "(encoder)"
                 )
             state["e4e"] = e4e
         e4e = state["e4e"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CONSISTENCY_FORMS = ("raw", "normalized")
+from .settings import CONSISTENCY_FORMS
 
 
 def transfer_loss(edited: Tensor, target: Tensor) -> Tensor:

@@ -35,38 +35,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .coefficients import RULES, WEIGHT_DECAY, CoefficientRule
-from .losses import CONSISTENCY_FORMS, total_loss
+from .coefficients import WEIGHT_DECAY, CoefficientRule
+from .losses import total_loss
 from .schedule import learning_rate
+from .settings import Recipe, declare, finite_number, whole_number
 
 
 @dataclass
-class OptimiseSettings:
-    """Hyper-parameters of the loop (defaults: the recipe of the published essences)."""
+class OptimiseSettings(Recipe):
+    """Hyper-parameters of the loop: the :class:`~essencekit.extraction.settings.Recipe` (its
+    defaults, the published recipe, and checks), and how the loop runs on this device."""
 
-    steps: int = 1000
-    lr: float = 0.2
-    weight_decay: float = 3e-3
-    lambda_transfer: float = 1.0
-    lambda_consistency: float = 0.6
-    consistency: str = "raw"
-    coefficients: str = "sign"
-    coefficient_lr: float | None = None  # None: the direction's base lr, as the reference
-    coefficient_weight_decay: float = WEIGHT_DECAY
-    batch_size: int | None = None  # images per chunk; None: all K * N at once
-    render_size: int | None = None  # render only up to this resolution (--fast)
+    coefficient_lr: float | None = declare(None, finite_number(positive=True, optional=True))  # None: the direction's lr
+    coefficient_weight_decay: float = declare(WEIGHT_DECAY, finite_number())
+    render_size: int | None = declare(None, whole_number(1, optional=True))  # render only up to this size (fast)
     checkpoint: bool = False  # recompute each synthesis block in the backward pass (less memory)
     two_pass: bool | None = None  # None: only when there is more than one chunk
-
-    def __post_init__(self):
-        if self.consistency not in CONSISTENCY_FORMS:
-            raise ValueError(f"consistency must be one of {CONSISTENCY_FORMS}, got {self.consistency!r}")
-        if self.coefficients not in RULES:
-            raise ValueError(f"coefficients must be one of {RULES}, got {self.coefficients!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass

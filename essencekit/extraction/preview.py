@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_path
-
-TILE = 256
+from ..images import SHEET_TILE
 
 
 def to_pil(image: Tensor):
@@ -28,14 +27,14 @@ def strengths_for(recommended: float) -> list[float]:
 @torch.no_grad()
 def render_preview(
     generator, sources: Tensor, direction: Tensor, recommended: float, path: str | os.PathLike, *,
-    tile: int = TILE, batch_size: int | None = None, autocast=None,
+    tile: int = SHEET_TILE, batch_size: int | None = None, autocast=None,
 ) -> Path:
     """Write a PNG grid, one row per source: the source, then strengths 0.5, 1.0 and
     ``recommended``, with a label row on top. Rendered at the generator's full size and
     scaled to ``tile`` px; written atomically."""
     import contextlib
 
-    from PIL import Image, ImageDraw
+    from ..images import contact_sheet
 
     autocast = autocast or contextlib.nullcontext
     device = sources.device
@@ -49,21 +48,10 @@ def render_preview(
         for start in range(0, latents.shape[0], step):
             with autocast():
                 images.append(generator.synthesis(latents[start : start + step], noise="const").float())
-        rows.append(torch.cat(images))
-    header = 20
-    columns = 1 + len(strengths)
-    sheet = Image.new("RGB", (columns * tile, header + len(rows) * tile), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
+        rows.append([to_pil(image) for image in torch.cat(images)])
     labels = ["source", f"strength {strengths[0]:.2f}", f"strength {strengths[1]:.2f}",
               f"recommended {strengths[2]:.2f}"]
-    for c, label in enumerate(labels):
-        draw.text((c * tile + 4, 4), label, fill=(0, 0, 0))
-    for r, images in enumerate(rows):
-        for c, image in enumerate(images):
-            picture = to_pil(image)
-            if picture.size != (tile, tile):
-                picture = picture.resize((tile, tile), Image.Resampling.LANCZOS)
-            sheet.paste(picture, (c * tile, header + r * tile))
+    sheet = contact_sheet(labels, rows, tile)
     path = Path(path)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")

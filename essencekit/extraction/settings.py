@@ -1,77 +1,130 @@
-"""The hyper-parameters of an extraction, checked before anything is loaded or written."""
+"""The hyper-parameters of an extraction, declared once: each field's default (the published
+recipe) and its check live side by side here, and every reader takes them from here: the CLI's
+option defaults, :func:`essencekit.extract`'s keywords, the optimisation loop's
+:class:`~essencekit.extraction.optimise.OptimiseSettings` (a subclass) and the essence's
+metadata. A settings object is checked when it is made, before anything is loaded or written;
+a bad value raises :class:`~essencekit.errors.OptionError` naming the parameter.
+
+Imports no torch: the CLI reads its defaults from here to print ``--help``.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
-from ..errors import EssencekitError
-from .coefficients import RULES
-from .losses import CONSISTENCY_FORMS
-from .sources import TRUNCATION
+from ..errors import OptionError
 
-INIT_MODES = ("auto", "inversion", "random")
+#: The mapping network's truncation for sampled sources and random starts (the published recipe).
+TRUNCATION = 0.7
+#: The size ``fast`` renders at while optimising.
 FAST_SIZE = 256
+INIT_MODES = ("auto", "inversion", "random")
+CONSISTENCY_FORMS = ("raw", "normalized")
+COEFFICIENT_RULES = ("sign", "adam", "fixed")
+
+
+def whole_number(low: int, *, optional: bool = False):
+    def check(name: str, value) -> None:
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise OptionError(f"{name} must be a whole number >= {low}, got {value!r}", parameter=name)
+
+    return check
+
+
+def finite_number(*, positive: bool = False, high: float | None = None, optional: bool = False):
+    def check(name: str, value) -> None:
+        if optional and value is None:
+            return
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value > 0 if positive else value >= 0) and (high is None or value <= high)
+        if not ok:
+            bound = ("> 0" if positive else ">= 0") + (f" and <= {high}" if high is not None else "")
+            raise OptionError(f"{name} must be a finite number {bound}, got {value!r}", parameter=name)
+
+    return check
+
+
+def one_of(choices: tuple[str, ...]):
+    def check(name: str, value) -> None:
+        if value not in choices:
+            raise OptionError(f"{name} must be one of {', '.join(choices)}, got {value!r}", parameter=name)
+
+    return check
+
+
+def true_or_false(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be True or False, got {value!r}", parameter=name)
+
+
+def declare(default, check):
+    """A field's default and its check, declared together."""
+    return field(default=default, metadata={"check": check})
 
 
 @dataclass
-class ExtractSettings:
-    """Every hyper-parameter of ``essencekit extract`` (defaults: the published recipe)."""
+class Recipe:
+    """What the optimisation minimises and how fast: the hyper-parameters the extraction and
+    its loop share."""
 
-    steps: int = 1000
-    lr: float = 0.2
-    weight_decay: float = 3e-3
-    lambda_transfer: float = 1.0
-    lambda_consistency: float = 0.6
-    consistency: str = "raw"
-    num_sources: int = 8
-    held_out: int = 4
-    restarts: int = 4
-    init: str = "auto"
-    coefficients: str = "sign"
-    fast: bool = False
-    batch_size: int | None = None
-    truncation: float = TRUNCATION
+    steps: int = declare(1000, whole_number(1))
+    lr: float = declare(0.2, finite_number(positive=True, high=100))
+    weight_decay: float = declare(3e-3, finite_number(high=10))
+    lambda_transfer: float = declare(1.0, finite_number())
+    lambda_consistency: float = declare(0.6, finite_number())
+    consistency: str = declare("raw", one_of(CONSISTENCY_FORMS))
+    coefficients: str = declare("sign", one_of(COEFFICIENT_RULES))
+    batch_size: int | None = declare(None, whole_number(1, optional=True))  # None: automatic
 
-    def validate(self) -> "ExtractSettings":
-        """Raise a one-line :class:`EssencekitError` for the first nonsense value."""
+    def __post_init__(self):
+        self.validate()
 
-        def whole(name: str, value, low: int, flag: str) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise EssencekitError(f"{flag} must be a whole number >= {low}, got {value!r}")
-
-        def real(name: str, value, flag: str, *, positive: bool = False, high: float | None = None) -> None:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            ok = ok and (value > 0 if positive else value >= 0) and (high is None or value <= high)
-            if not ok:
-                bound = "> 0" if positive else ">= 0"
-                bound += f" and <= {high}" if high is not None else ""
-                raise EssencekitError(f"{flag} must be a finite number {bound}, got {value!r}")
-
-        whole("steps", self.steps, 1, "--steps")
-        real("lr", self.lr, "--lr", positive=True, high=100)
-        real("weight_decay", self.weight_decay, "--weight-decay", high=10)
-        real("lambda_transfer", self.lambda_transfer, "--lambda-transfer")
-        real("lambda_consistency", self.lambda_consistency, "--lambda-consistency")
-        real("truncation", self.truncation, "truncation", positive=True, high=1)
+    def validate(self):
+        """Check every field (in declaration order), then how they combine; returns ``self``.
+        Raises :class:`~essencekit.errors.OptionError` for the first value that cannot work."""
+        for spec in fields(self):
+            check = spec.metadata.get("check")
+            if check is not None:
+                check(spec.name, getattr(self, spec.name))
         if self.lambda_transfer == 0 and self.lambda_consistency == 0:
-            raise EssencekitError("--lambda-transfer and --lambda-consistency are both 0: there is nothing to optimise")
-        whole("num_sources", self.num_sources, 1, "--num-sources")
-        if self.lambda_consistency > 0 and self.num_sources < 2:
-            raise EssencekitError("the consistency loss compares sources in pairs: use --num-sources 2 or more "
-                                  "(or --lambda-consistency 0)")
-        whole("held_out", self.held_out, 0, "--held-out")
-        whole("restarts", self.restarts, 1, "--restarts")
-        if self.batch_size is not None:
-            whole("batch_size", self.batch_size, 1, "--batch-size")
-        for flag, value, choices in (
-            ("--consistency", self.consistency, CONSISTENCY_FORMS),
-            ("--init", self.init, INIT_MODES),
-            ("--coefficients", self.coefficients, RULES),
-        ):
-            if value not in choices:
-                raise EssencekitError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+            raise OptionError(
+                "lambda_transfer and lambda_consistency are both 0: there is nothing to optimise",
+                parameter="lambda_transfer",
+            )
         return self
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def recipe(self) -> dict:
+        """The :class:`Recipe` fields of these settings, to make other settings from."""
+        return {spec.name: getattr(self, spec.name) for spec in fields(Recipe)}
+
+
+@dataclass
+class ExtractSettings(Recipe):
+    """Every hyper-parameter of an extraction (defaults: the published recipe): the loop's
+    :class:`Recipe`, and the sources, restarts and starts it runs on."""
+
+    num_sources: int = declare(8, whole_number(1))
+    held_out: int = declare(4, whole_number(0))
+    restarts: int = declare(4, whole_number(1))
+    init: str = declare("auto", one_of(INIT_MODES))
+    fast: bool = declare(False, true_or_false)
+    truncation: float = declare(TRUNCATION, finite_number(positive=True, high=1))
+
+    def validate(self) -> ExtractSettings:
+        super().validate()
+        if self.lambda_consistency > 0 and self.num_sources < 2:
+            raise OptionError(
+                "the consistency loss compares sources in pairs: use num_sources 2 or more (or lambda_consistency 0)",
+                parameter="num_sources",
+            )
+        return self
+
+
+#: The published recipe, for readers of the defaults (the CLI's options).
+DEFAULTS = ExtractSettings()

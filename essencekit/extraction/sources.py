@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from ..cache import sha256_file
 from ..errors import EssencekitError
-
-TRUNCATION = 0.7
+from ..latents import check_latents, load_latent_file
+from .settings import TRUNCATION
 
 Inverter = Callable[[object], Tensor]  # PIL image -> W+ [n_latent, style_dim]
 
@@ -62,59 +62,6 @@ def random_directions(generator, restarts: range, seed: int, truncation: float =
     if not restarts:
         return torch.zeros(0, generator.n_latent, generator.style_dim)
     return torch.cat([sample_latents(generator, 1, seed, f"init-{k}", truncation) for k in restarts])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_latents(latents: Tensor, n_latent: int, style_dim: int, where: str) -> Tensor:
-    """``latents`` as float32 [P, n_latent, style_dim] (a [P, style_dim] w is repeated per row)."""
-    latents = torch.as_tensor(latents).detach().cpu()
-    if not latents.is_floating_point():
-        raise EssencekitError(f"{where}: source latents must be floating point, found {latents.dtype}")
-    if latents.dim() == 2 and latents.shape[1] == style_dim:
-        latents = latents[:, None, :].expand(-1, n_latent, -1)
-    if latents.dim() != 3 or tuple(latents.shape[1:]) != (n_latent, style_dim):
-        raise EssencekitError(
-            f"{where}: source latents of shape {list(latents.shape)} do not fit the generator, which needs "
-            f"[count, {n_latent}, {style_dim}] W+ latents (or [count, {style_dim}] w)"
-        )
-    latents = latents.float().contiguous()
-    if not torch.isfinite(latents).all():
-        raise EssencekitError(f"{where}: source latents hold NaN or infinite values")
-    return latents
-
-
-def load_latent_file(path: Path) -> Tensor:
-    """The tensor of a ``.npy`` (never unpickled) or ``.pt`` latents file."""
-    if not path.is_file():
-        raise EssencekitError(f"source latents file not found: {path}")
-    if path.suffix.lower() == ".npy":
-        try:
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        except ValueError as error:
-            raise EssencekitError(f"{path} is not a plain NumPy array of latents: {error}") from None
-        except (OSError, EOFError) as error:
-            raise EssencekitError(f"cannot read source latents {path}: {error}") from None
-    from ..checkpoints import load_checkpoint
-
-    data = load_checkpoint(path, what="source latents file")
-    if isinstance(data, dict):
-        tensors = [v for v in data.values() if isinstance(v, Tensor)]
-        if len(tensors) != 1:
-            raise EssencekitError(
-                f"{path} holds a dictionary with {len(tensors)} tensors; a latents file holds one "
-                "[count, n_latent, style_dim] tensor"
-            )
-        data = tensors[0]
-    if not isinstance(data, Tensor):
-        raise EssencekitError(f"{path} is not a latents file: it holds a {type(data).__name__}, not a tensor")
-    return data
 
 
 def invert_folder(folder: Path, inverter: Inverter, needed: int, notify: Callable[[str], None]) -> Tensor:
@@ -189,7 +136,7 @@ def resolve_sources(
             from ..cache import resolve_artifact
 
             path = resolve_artifact("celebs")
-            kind, details = "celebs", {"artifact": "celebs", "sha256": _sha256(path)}
+            kind, details = "celebs", {"artifact": "celebs", "sha256": sha256_file(path)}
             pool = check_latents(load_latent_file(path), n_latent, style_dim, str(path))
         elif path.is_dir():
             if inverter_factory is None:
@@ -200,16 +147,16 @@ def resolve_sources(
             kind, details = "folder", {"folder": path.name}
         elif path.exists():
             pool = check_latents(load_latent_file(path), n_latent, style_dim, str(path))
-            kind, details = "file", {"file": path.name, "sha256": _sha256(path)}
+            kind, details = "file", {"file": path.name, "sha256": sha256_file(path)}
         else:
             raise EssencekitError(
-                f"--sources {spec}: no such file or folder (give a W+ latents file, a folder of face photos, "
+                f"sources {spec}: no such file or folder (give a W+ latents file, a folder of face photos, "
                 "or 'celebs')"
             )
     if pool.shape[0] < needed:
         raise EssencekitError(
             f"the sources ({kind}{': ' + str(spec) if not isinstance(spec, Tensor) else ''}) provide "
-            f"{pool.shape[0]} latents, but --num-sources {num_sources} and --held-out {held_out} need {needed}; "
+            f"{pool.shape[0]} latents, but num_sources {num_sources} and held_out {held_out} need {needed}; "
             "lower them or give more sources"
         )
     details["count"] = int(pool.shape[0])

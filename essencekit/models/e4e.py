@@ -331,8 +331,13 @@ class E4E(nn.Module):
         return self.encoder.config.input_size
 
     def set_modulated_conv(self, form: str) -> "E4E":
-        """Choose the embedded generator's modulated-convolution form (backends call this)."""
+        """Choose the embedded generator's modulated-convolution form."""
         self.generator.set_modulated_conv(form)
+        return self
+
+    def configure_for(self, backend) -> "E4E":
+        """Adapt the embedded generator to ``backend`` (``Backend.prepare`` calls this)."""
+        self.generator.configure_for(backend)
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,22 @@ class GeneratorConfig:
     channels: tuple[int, ...]
     blur_kernel: tuple[int, ...] = (1, 3, 3, 1)
 
+    @classmethod
+    def ffhq(cls, size: int = 1024, *, channel_multiplier: int = 2, max_channels: int | None = None) -> GeneratorConfig:
+        """The FFHQ ("config-f") architecture at ``size`` px, the one TargetCLIP's checkpoints use.
+
+        Widths 512 up to 32 px, then 256, 128, 64, 32, 16 (times ``channel_multiplier``) at 64,
+        128, ..., 1024 px: at 1024 and multiplier 2 (512, 512, 512, 512, 512, 256, 128, 64, 32).
+        ``max_channels`` caps every width (smaller models for smoke tests).
+        """
+        widths = []
+        resolution = 4
+        while resolution <= size:
+            width = 512 if resolution <= 32 else min(512, 16 * channel_multiplier * 1024 // resolution)
+            widths.append(width if max_channels is None else min(width, max_channels))
+            resolution *= 2
+        return cls(size=size, style_dim=512, n_mlp=8, channels=tuple(widths))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         object.__setattr__(self, "blur_kernel", tuple(self.blur_kernel))
@@ -159,7 +175,6 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
         self.upsample = upsample
         self.form = "grouped"
-        self.fused = True
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
         style = self.modulation(style)
@@ -173,26 +188,13 @@ class ModulatedConv2d(nn.Module):
         x = x.reshape(1, batch * self.in_channel, height, width)
         if self.upsample:
             # conv_transpose2d wants [in, out / groups, k, k] per group.
-            if self.fused:
-                weight = self._grouped_weight(style, transposed=True)
-            else:
-                weight = self._grouped_weight_reference(style).transpose(1, 2)
+            weight = self._grouped_weight(style, transposed=True)
             weight = weight.reshape(batch * self.in_channel, self.out_channel, k, k)
             out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=batch)
             return self.blur(out.view(batch, self.out_channel, *out.shape[2:]))
-        weight = self._grouped_weight(style) if self.fused else self._grouped_weight_reference(style)
-        weight = weight.reshape(batch * self.out_channel, self.in_channel, k, k)
+        weight = self._grouped_weight(style).reshape(batch * self.out_channel, self.in_channel, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, *out.shape[2:])
-
-    def _grouped_weight_reference(self, style: Tensor) -> Tensor:
-        """Per-sample weights [B, out, in, k, k], the reference implementation's op sequence."""
-        batch = style.shape[0]
-        weight = self.scale * self.weight * style.view(batch, 1, self.in_channel, 1, 1)
-        if self.demodulate:
-            demod = torch.rsqrt(weight.square().sum((2, 3, 4)) + 1e-8)
-            weight = weight * demod.view(batch, self.out_channel, 1, 1, 1)
-        return weight
 
     def _grouped_weight(self, style: Tensor, transposed: bool = False) -> Tensor:
         """Per-sample weights [B, out, in, k, k] ([B, in, out, k, k] if ``transposed``), made
@@ -273,12 +275,12 @@ class ConstantInput(nn.Module):
 class StyledConv(nn.Module):
     """Modulated convolution, noise injection, bias and leaky ReLU.
 
-    With ``fused`` (the default) the last three run in place on the convolution's output as
-    one autograd node that keeps only its output (:func:`~essencekit.models.ops.noise_bias_leaky_relu_`),
-    instead of four ops that each allocate a full-size tensor and keep the pre-activation
+    The last three run in place on the convolution's output as one autograd node that keeps
+    only its output (:func:`~essencekit.models.ops.noise_bias_leaky_relu_`), instead of the
+    reference's four ops that each allocate a full-size tensor and keep the pre-activation
     alive until backward: identical numbers, and at 1024 px, batch 4 on the CPU about a
     third less peak memory for forward + backward. ``NoiseInjection`` and ``FusedLeakyReLU``
-    still hold the parameters (the checkpoint's names) and run when ``fused`` is off.
+    hold the parameters (the checkpoint's names); the benchmarks' reference form runs them.
     """
 
     def __init__(
@@ -291,13 +293,9 @@ class StyledConv(nn.Module):
         )
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
-        self.fused = True
 
     def forward(self, x: Tensor, style: Tensor, noise: Tensor) -> Tensor:
-        out = self.conv(x, style)
-        if self.fused:
-            return noise_bias_leaky_relu_(out, self.activate.bias, noise, self.noise.weight)
-        return self.activate(self.noise(out, noise))
+        return noise_bias_leaky_relu_(self.conv(x, style), self.activate.bias, noise, self.noise.weight)
 
 
 class ToRGB(nn.Module):
@@ -330,11 +328,7 @@ class Generator(nn.Module):
     Run-time switches, none of which changes the results beyond float rounding:
 
     * :meth:`set_modulated_conv` picks the modulated-convolution form (see
-      :class:`ModulatedConv2d`).
-    * :meth:`set_fused_ops` (on by default) computes noise, bias and activation in place in
-      one autograd node and builds the grouped form's per-sample weights with one
-      multiplication; off, every layer runs the reference implementation's op sequence
-      (what the benchmark's reference form measures).
+      :class:`ModulatedConv2d`); :meth:`configure_for` picks it for a backend.
     * ``checkpoint_blocks = True`` recomputes each resolution block during the backward pass
       instead of keeping its activations (``torch.utils.checkpoint``), to save memory in
       forward + backward.
@@ -382,20 +376,11 @@ class Generator(nn.Module):
     def modulated_conv(self) -> str:
         return self.conv1.conv.form
 
-    def set_fused_ops(self, enabled: bool = True) -> Generator:
-        """Fused layer ops (the default) or the reference implementation's op sequence.
-
-        See :class:`StyledConv` and :meth:`ModulatedConv2d._grouped_weight` for what changes
-        and the measured gains; results agree to float rounding (the activation exactly).
-        """
-        for module in self.modules():
-            if isinstance(module, (StyledConv, ModulatedConv2d)):
-                module.fused = bool(enabled)
-        return self
-
-    @property
-    def fused_ops(self) -> bool:
-        return self.conv1.fused
+    def configure_for(self, backend) -> Generator:
+        """Pick the modulated-convolution form for ``backend`` (``Backend.prepare`` calls this):
+        grouped where its grouped convolutions are fast (``backend.fast_grouped_conv``), else
+        shared, which runs one ordinary convolution per layer."""
+        return self.set_modulated_conv("grouped" if backend.fast_grouped_conv else "shared")
 
     # -- mapping -----------------------------------------------------------------------------
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EssencekitError
+from ..errors import EssencekitError, OptionError
 from ..images import DEFAULT_MAX_PIXELS
-from ..errors import OptionError
 from .pipeline import Pipeline, Result, Settings
 from .writing import FORMATS
 
@@ -87,10 +86,10 @@ class Transferrer:
             if isinstance(spec, torch.nn.Module):
                 model, self.encoder_label, self.encoder_sha256 = spec, "in-memory encoder", None
             else:
-                from ..extraction.api import _weights_identity
                 from ..models.e4e import load_encoder_checkpoint
+                from ..weights import weights_identity
 
-                path, self.encoder_label, self.encoder_sha256 = _weights_identity(spec, "e4e-ffhq")
+                path, self.encoder_label, self.encoder_sha256 = weights_identity(spec, "e4e-ffhq")
                 model = load_encoder_checkpoint(path)
             self._encoder = self.backend.prepare(model)
             self._check_pair()
@@ -107,14 +106,12 @@ class Transferrer:
                 self._generator = self.backend.prepare(spec)
                 self.generator_label = getattr(spec, "name", "") or "in-memory generator"
             else:
-                from ..api import resolve_weights
                 from ..models.stylegan2 import load_generator_checkpoint
+                from ..weights import resolve_weights, weights_label
 
                 path = resolve_weights(spec, "stylegan2-ffhq")
-                if not path.is_file():
-                    raise EssencekitError(f"--generator {spec}: no such file or registered artifact")
                 self._generator = self.backend.prepare(load_generator_checkpoint(path))
-                self.generator_label = str(spec) if not Path(str(spec)).exists() else path.name
+                self.generator_label = weights_label(spec, "stylegan2-ffhq")
             self._check_pair()
         return self._generator
 
@@ -151,7 +148,7 @@ class Transferrer:
         max_pixels: int | None = DEFAULT_MAX_PIXELS, cache: bool = True, workers: int | None = None,
     ) -> Run:
         """Apply ``essence`` to the faces of ``inputs``; see :func:`transfer`."""
-        from .essences import EssenceMix, parse_strengths
+        from ..essence_mix import EssenceMix, parse_strengths
         from .layers import parse_layers
 
         _check_choice("faces", faces, FACES)
@@ -159,21 +156,12 @@ class Transferrer:
         _check_choice("format", format, tuple(FORMATS))
         if quality is not None and not 1 <= int(quality) <= 100:
             raise OptionError(f"quality must be from 1 to 100, got {quality}", parameter="quality")
-        try:
-            strengths = parse_strengths(strength)
-        except ValueError as error:
-            raise OptionError(str(error), parameter="strength") from None
+        strengths = parse_strengths(strength, parameter="strength")
         mix = EssenceMix(essence)
-        try:
-            mix.check_magnitude(strengths)
-        except ValueError as error:
-            raise OptionError(str(error), parameter="strength") from None
+        mix.check_magnitude(strengths)
         generator = self.generator
         mix.check(generator.n_latent, generator.style_dim, self.generator_label)
-        try:
-            rows = None if layers is None else parse_layers(layers, generator.n_latent)
-        except ValueError as error:
-            raise OptionError(str(error), parameter="layers") from None
+        rows = None if layers is None else parse_layers(layers, generator.n_latent)
         settings = self._settings(
             "transfer", output, faces=faces, align=align, crops=crops, paste=paste, fmt=format, quality=quality,
             overwrite=overwrite, skip_existing=skip_existing, grid=grid, batch_size=batch_size,
@@ -210,7 +198,7 @@ class Transferrer:
 
     def _run(self, settings: Settings, inputs, recursive: bool, mix) -> Run:
         from ..images import describe_unsupported
-        from .inputs import discover
+        from ..inputs import discover
 
         sources = discover(inputs, recursive=recursive, exclude=settings.output)
         skipped = describe_unsupported(sources.skipped) if sources.skipped else ""
@@ -218,7 +206,7 @@ class Transferrer:
             raise EssencekitError(
                 "no photos or W+ latent files found in the given sources"
                 + (f": {skipped}" if skipped else "")
-                + (f" (add --recursive to look into {sources.subfolders} sub-folder(s))" if sources.subfolders else "")
+                + (f" (set recursive to look into {sources.subfolders} sub-folder(s))" if sources.subfolders else "")
             )
         if skipped:
             self.notify(skipped)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import OptionError
+
 GROUPS = {"coarse": (4, 8), "medium": (16, 32), "fine": (64, None)}
 
 
@@ -41,31 +43,34 @@ def describe_groups(n_latent: int) -> str:
 def parse_layers(spec: str | None, n_latent: int) -> tuple[int, ...]:
     """The sorted rows of ``spec`` (``None``: all): comma-separated group names, row numbers
     and ranges ``a-b``, e.g. ``medium``, ``0-7``, ``4,5,6``, ``coarse,10-13``. Raises
-    ``ValueError`` with a one-line reason for anything else."""
+    :class:`~essencekit.errors.OptionError` (a ``ValueError``) with a one-line reason for anything else."""
     if spec is None:
         return tuple(range(n_latent))
     rows: set[int] = set()
     last = n_latent - 1
     for token in (t.strip().lower() for t in str(spec).split(",")):
         if not token:
-            raise ValueError(f"empty item in --layers {spec!r}")
+            raise OptionError(f"empty item in layers {spec!r}", parameter="layers")
         if token in GROUPS:
             found = group_rows(token, n_latent)
             if not found:
-                raise ValueError(f"this generator has no {token} rows ({describe_groups(n_latent)})")
+                raise OptionError(f"layers {token!r}: this generator has no {token} rows ({describe_groups(n_latent)})",
+                                  parameter="layers")
             rows.update(found)
             continue
         low, sep, high = token.partition("-")
         try:
             first, final = int(low), int(high if sep else low)
         except ValueError:
-            raise ValueError(
-                f"--layers takes coarse, medium, fine, row numbers and ranges such as 0-7 or 4,5,6; got {token!r}"
+            raise OptionError(
+                f"layers takes coarse, medium, fine, row numbers and ranges such as 0-7 or 4,5,6; got {token!r}",
+                parameter="layers",
             ) from None
         if first > final:
-            raise ValueError(f"--layers range {token!r} runs backwards")
+            raise OptionError(f"layers range {token!r} runs backwards", parameter="layers")
         if first < 0 or final > last:
-            raise ValueError(f"--layers {token!r}: this generator's W+ rows are 0-{last} ({describe_groups(n_latent)})")
+            raise OptionError(f"layers {token!r}: this generator's W+ rows are 0-{last} ({describe_groups(n_latent)})",
+                              parameter="layers")
         rows.update(range(first, final + 1))
     return tuple(sorted(rows))
 

@@ -33,20 +33,12 @@ from torch import Tensor
 
 from ..errors import EssencekitError
 from .concurrency import OrderedPool, ordered_map
-from .inputs import InputFiles, Source, path_key
+from ..inputs import InputFiles, Source, path_key
 from .latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 from .naming import NameRegistry, output_name, plan_bases
 from .writing import extension, save_image
 
 FEATHER = 0.1
-#: A forward pass without autograd keeps about this many float32 copies of each feature map
-#: alive (the extraction's forward + backward keeps 11): the basis of the automatic batch size.
-FORWARD_FACTOR = 3.0
-# On the CPU one image at a time is fastest: measured at 1024 px on 2 cores, batches of 4 ran at
-# 0.83x the speed with twice the peak memory (glibc hands each large feature map back to the
-# kernel and faults it in again, and that cost grows with the tensors; docs/transfer.md)
-MAX_BATCH = {"cpu": 1}
-MAX_BATCH_DEFAULT = 32
 
 
 @dataclass
@@ -149,23 +141,13 @@ class Item:
 
 
 def auto_batch_size(generator, backend) -> int:
-    """Faces per pass: what fits a share of the free memory, capped (see :data:`MAX_BATCH`)."""
-    from ..extraction.memory import ACTIVATION_FACTOR, bytes_per_image, memory_budget
+    """Faces per pass: what fits the backend's memory budget, at most its ``max_batch``."""
+    from ..memory import bytes_per_image
 
-    per_image = bytes_per_image(generator, generator.size) * FORWARD_FACTOR / ACTIVATION_FACTOR
+    per_image = bytes_per_image(generator, generator.size, backward=False)
     if backend.autocast_dtype in (torch.float16, torch.bfloat16):
         per_image /= 2
-    cap = MAX_BATCH.get(backend.device.type, MAX_BATCH_DEFAULT)
-    return int(max(1, min(cap, memory_budget(backend.device) // max(1.0, per_image))))
-
-
-def auto_workers(backend) -> tuple[int, int]:
-    """(readers, writers): none on the CPU, where threads would take cores from the models;
-    on a GPU enough writers to keep up with it (a 1024 px PNG takes about 0.1 s to encode)."""
-    if backend.device.type == "cpu":
-        return 0, 0
-    cores = os.cpu_count() or 2
-    return max(1, min(4, cores // 4)), max(1, min(8, cores // 2))
+    return int(max(1, min(backend.max_batch, backend.memory_budget() // max(1.0, per_image))))
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -221,8 +203,8 @@ class Pipeline:
         if existing and not (s.overwrite or s.skip_existing):
             more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
             raise EssencekitError(
-                f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
-                "them or --skip-existing to keep them (and resume an interrupted run)"
+                f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}; set overwrite to replace "
+                "them or skip_existing to keep them (and resume an interrupted run)"
             )
         images = any(src.kind == "image" and not src.error for src in sources)
         if images:
@@ -272,7 +254,7 @@ class Pipeline:
             return ""
         path, source = pairs[0]
         return (
-            f"{path} would overwrite the input file {source}: outputs never replace inputs, whatever --overwrite "
+            f"{path} would overwrite the input file {source}: outputs never replace inputs, whatever overwrite "
             "says; choose another output folder (-o) or move the input"
         )
 
@@ -348,7 +330,7 @@ class Pipeline:
     def _prepare_latents(self, item: Item) -> None:
         if self.settings.mode == "invert":
             raise EssencekitError(f"{item.source.display}: already a W+ latents file (nothing to invert)")
-        from .latents import read_latents
+        from ..latents import read_latents
 
         generator = self.models.generator
         latents, _ = read_latents(item.source.path, generator.n_latent, generator.style_dim)
@@ -457,7 +439,7 @@ class Pipeline:
             e4e = models.encoder
             for chunk in _chunks(waiting, batch_size):
                 x = torch.cat([f.crop for f in chunk]).to(backend.device)
-                if backend.device.type == "cuda":
+                if backend.channels_last:  # as the encoder's weights are (Backend.prepare)
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.no_grad(), backend.autocast():
                     codes = e4e.invert(x)
@@ -531,7 +513,7 @@ class Pipeline:
                 recon = [Image.fromarray(f.images["recon"]) for f in item.faces]
                 return paste_back_difference(item.photo, faces, edited, recon, feather=FEATHER)
             return paste_back(item.photo, faces, edited, feather=FEATHER)
-        from .grid import contact_sheet
+        from ..images import contact_sheet
         from .naming import format_strength
 
         labels = ["aligned crop", "inversion"] + [
@@ -579,7 +561,7 @@ class Pipeline:
 
     def _write_latent(self, item: Item, face: FaceWork, path: Path) -> None:
         from ..version import __version__
-        from .latents import save_w_plus
+        from ..latents import save_w_plus
 
         transform = face.face.transform.to_dict()
         save_w_plus(path, face.w, {
@@ -595,7 +577,7 @@ class Pipeline:
     def run(self, items: list[Item]) -> Iterator[Result]:
         s = self.settings
         batch_size = self.batch_size()
-        readers, writers = auto_workers(self.models.backend) if s.workers is None else (s.workers, s.workers)
+        readers, writers = self.models.backend.io_workers() if s.workers is None else (s.workers, s.workers)
         prepared = ordered_map(self.prepare, items, readers, 2 * batch_size, "essencekit-read")
         # room for a whole batch behind the one being written, so the device never waits on the disk
         writer = OrderedPool(writers, 2 * batch_size + writers, "essencekit-write")
@@ -621,7 +603,7 @@ class Pipeline:
                     if not item.failure and self.settings.output is not None and not (s.overwrite or s.skip_existing):
                         clash = next((o.path for o in item.outputs if o.exists), None)
                         if clash is not None:
-                            item.failure = f"{clash} already exists; pass --overwrite or --skip-existing"
+                            item.failure = f"{clash} already exists; set overwrite or skip_existing"
                 # items that need no work wait behind the batch, so results keep the input order
                 batch.append(item)
                 if not item.done:

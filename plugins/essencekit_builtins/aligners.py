@@ -52,6 +52,8 @@ def dlib_model_path() -> Path | None:
 
 class DlibAligner(Aligner):
     name = "dlib"
+    priority = 10  # the default: FFHQ was aligned with these landmarks
+    install_hint = DLIB_INSTALL
     description = (
         "dlib's HOG face detector and 68-point landmarks, the ones FFHQ was aligned with "
         "(landmark model trained on iBUG 300-W: non-commercial use only)"
@@ -159,6 +161,7 @@ def _native_stderr_silenced():
 
 class MediaPipeAligner(Aligner):
     name = "mediapipe"
+    install_hint = MEDIAPIPE_INSTALL
     description = (
         "MediaPipe full-range face detector and face mesh (Apache-2.0 models shipped in the "
         "wheel): for when dlib cannot be installed"

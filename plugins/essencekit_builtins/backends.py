@@ -1,4 +1,4 @@
-"""The built-in compute backends: cpu, cuda and mps.
+"""The built-in compute backends: cpu, cuda and mps, and their device policy.
 
 torch is imported inside the methods, when a backend is probed or used: registering the
 backends (every command does) must not cost torch's import (a second or more).
@@ -12,6 +12,10 @@ import sys
 
 import essencekit
 from essencekit import Backend
+from essencekit.backends import FALLBACK_BUDGET, GIB
+
+#: A GPU's memory budget is capped here (extract keeps within 20 GiB on a GPU, docs/extract.md).
+GPU_BUDGET_CAP = 16 * GIB
 
 ENV_MALLOC_TUNING = "ESSENCEKIT_CPU_MALLOC_TUNING"
 # glibc's mallopt() parameters (<malloc.h>) and the values the CPU backend sets.
@@ -66,12 +70,21 @@ class CPUBackend(Backend):
     name = "cpu"
     description = "the CPU, float32"
     priority = 0
-    # measured on a 2-core x86 CPU (docs/performance.md), fwd+bwd at 1024 px, batch 4:
-    # grouped 15.9 s and 4.7 GiB, shared 18.4 s and 8.4 GiB
-    modulated_conv = "grouped"
+    # one image at a time is fastest: measured at 1024 px on 2 cores, batches of 4 ran at 0.83x
+    # the speed with twice the peak memory (glibc hands each large feature map back to the
+    # kernel and faults it in again, and that cost grows with the tensors; docs/transfer.md)
+    max_batch = 1
+    # grouped convolutions are fast here: the StyleGAN2 generator's grouped modulated
+    # convolution measured 15.9 s and 4.7 GiB against the shared form's 18.4 s and 8.4 GiB
+    # (fwd+bwd at 1024 px, batch 4, 2-core x86; docs/performance.md)
+    fast_grouped_conv = True
 
     def availability(self):
         return True, ""
+
+    def io_workers(self):
+        # no threads: they would take cores from the models, which already use them all
+        return 0, 0
 
     @property
     def device(self):
@@ -88,7 +101,16 @@ class CUDABackend(Backend):
     name = "cuda"
     description = "NVIDIA GPUs through CUDA, bf16 autocast (fp16 on GPUs without bf16), TF32 matmuls"
     priority = 30
-    modulated_conv = "grouped"
+    channels_last = True  # tensor cores read NHWC; convolutions skip a layout copy
+
+    def memory_budget(self):
+        import torch
+
+        try:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(min(free * 0.6, GPU_BUDGET_CAP))
+        except RuntimeError:
+            return FALLBACK_BUDGET
 
     def availability(self):
         import torch
@@ -118,8 +140,7 @@ class CUDABackend(Backend):
 
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
-        model = super().prepare(model)
-        return model.to(memory_format=torch.channels_last)
+        return super().prepare(model)
 
     def synchronize(self):
         import torch
@@ -141,7 +162,18 @@ class MPSBackend(Backend):
     name = "mps"
     description = "Apple-silicon GPUs through Metal (MPS), fp16 autocast"
     priority = 20
-    modulated_conv = "shared"
+    # keeps the StyleGAN2 generator on its shared-weight modulated convolution (one ordinary
+    # convolution per layer), the form essencekit has always run on MPS; unmeasured, as no
+    # Apple machine runs the benchmarks
+    fast_grouped_conv = False
+
+    def memory_budget(self):
+        import torch
+
+        try:
+            return int(min(torch.mps.recommended_max_memory() * 0.4, GPU_BUDGET_CAP))
+        except (AttributeError, RuntimeError):
+            return FALLBACK_BUDGET
 
     def availability(self):
         import torch

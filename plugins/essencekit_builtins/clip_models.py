@@ -28,6 +28,7 @@ VIT_B_32 = ClipVariant(
     std=OPENAI_STD,
     image_size=224,
     description="OpenAI CLIP ViT-B/32 (the TargetCLIP paper's model), 512-d embeddings",
+    priority=10,  # the default: the paper's model
 )
 
 RN50 = ClipVariant(

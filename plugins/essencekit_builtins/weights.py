@@ -2,9 +2,8 @@
 
 Where each fact comes from:
 
-* Sizes and sha256 of the StyleGAN2, e4e and ArcFace checkpoints and of ``w_plus.npy``: the
-  project's reference notes (REFERENCE-FACTS.md, "Weights (sizes and sha256)"), read from
-  public Git LFS pointers of the Hugging Face mirrors and checked against a second mirror.
+* Sizes and sha256 of the StyleGAN2, e4e and ArcFace checkpoints and of ``w_plus.npy``: read
+  from public Git LFS pointers of the Hugging Face mirrors and checked against a second mirror.
 * OpenAI CLIP: the sha256 is the path segment of OpenAI's own URL (openai/CLIP ``clip.py``,
   open_clip's ``pretrained.py``); the size is not published, so it is left unknown. Those URLs
   have been reported answering 404 since late 2025 (openai/CLIP issue #516), so each names a
@@ -15,9 +14,10 @@ Where each fact comes from:
   exact size could not be read from the build machines (about 605 MB and 408 MB), so they are
   unpinned (trust on first use), and every download must be a well-formed safetensors file
   with the model's CLIP keys and shapes before it is pinned.
-* The 19 TargetCLIP essences: ``SHA256SUMS`` of the published ``dirs/*.npy`` of
-  hila-chefer/TargetCLIP at commit c59cb293a4ecbfa0a8f4bb1570745f2de2b5d88f (2022-10-02); each
-  is a (1, 18, 512) float32 array, 36,992 bytes.
+* The 19 TargetCLIP essences: the sha256 of the published ``dirs/*.npy`` of
+  hila-chefer/TargetCLIP at commit c59cb293a4ecbfa0a8f4bb1570745f2de2b5d88f (2022-10-02),
+  kept in tests/fixtures/targetclip-SHA256SUMS; each is a (1, 18, 512) float32 array, 36,992
+  bytes.
 * Mirrors: stable hosts first (Hugging Face ``resolve/main`` URLs, the commit-pinned raw
   GitHub URL), Google Drive last. The Hugging Face paths could not be checked from the build
   machines; a wrong mirror is harmless because the sha256 guards every file.
@@ -216,7 +216,7 @@ CELEBS = WeightArtifact(
     extra={"shape": (68, 18, 512)},
 )
 
-# name -> sha256 of dirs/<name>.npy, exactly as in targetclip-dirs/SHA256SUMS
+# name -> sha256 of dirs/<name>.npy, as in tests/fixtures/targetclip-SHA256SUMS (checked by test_pull_weights)
 ESSENCE_SHA256 = {
     "ariel": "701f5be7e01107276497e60f424e75821346efece62146c9ff2cb55bf0491b64",
     "avatar": "b198103e85f94d340355ea68b6c956273ee27eee6c18b3a5004585f7a4f5ba64",

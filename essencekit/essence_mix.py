@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import EssencekitError
-from ..essence import MAX_ROW_NORM, Essence, load_essence
+from .errors import EssencekitError, OptionError
+from .essence import MAX_ROW_NORM, Essence, load_essence
 
 
 @dataclass
@@ -68,13 +68,13 @@ def split_spec(spec: str) -> tuple[str, float]:
         except ValueError:
             return spec, 1.0
         if not math.isfinite(weight):
-            raise EssencekitError(f"--essence {spec}: the weight after '@' must be a finite number")
+            raise OptionError(f"essence {spec}: the weight after '@' must be a finite number", parameter="essence")
         return name, weight
     return spec, 1.0
 
 
 def published_essences() -> list[str]:
-    from ..plugins import registered
+    from .plugins import registered
 
     return sorted(name for name, artifact in registered("weights").items() if artifact.kind == "essence")
 
@@ -82,14 +82,14 @@ def published_essences() -> list[str]:
 def resolve_essence(name: str, what: str = "") -> tuple[Path, bool]:
     """The file of an essence named by path or by published name (``joker``: the verified file
     in the weight cache), and whether it is a published one. ``what`` starts the messages
-    (``"--essence joker"``)."""
+    (``"essence joker"``)."""
     lead = f"{what}: " if what else ""
     path = Path(name)
     if path.is_file():
         return path, False
     published = published_essences()
     if name in published:
-        from ..cache import resolve_artifact
+        from .cache import resolve_artifact
 
         return resolve_artifact(name), True
     if path.suffix or "/" in name or os.sep in name:
@@ -123,9 +123,9 @@ def load_term(spec) -> EssenceTerm:
             Path(head).is_file() or head in published_essences()
         ):
             # "joker.pt@abc": the essence exists, so what follows '@' was meant as its weight
-            raise EssencekitError(f"--essence {text}: the weight after '@' must be a number, got {tail!r}")
-    path, published = resolve_essence(name, f"--essence {text}")
-    from ..cache import sha256_file
+            raise OptionError(f"essence {text}: the weight after '@' must be a number, got {tail!r}", parameter="essence")
+    path, published = resolve_essence(name, f"essence {text}")
+    from .cache import sha256_file
 
     essence, sha256 = load_essence(path), sha256_file(path)
     if published:
@@ -141,7 +141,7 @@ class EssenceMix:
             specs = [specs]
         self.terms = [load_term(spec) for spec in specs]
         if not self.terms:
-            raise EssencekitError("give at least one essence (--essence NAME_OR_PATH)")
+            raise OptionError("give at least one essence (a file or a published name)", parameter="essence")
         self.label = "+".join(term.label for term in self.terms)
 
     def check(self, n_latent: int, style_dim: int, generator: str) -> None:
@@ -157,15 +157,14 @@ class EssenceMix:
                 raise EssencekitError(
                     f"essence {term.label} ({term.source}) is a W+ direction of shape {list(shape)}{made}, but the "
                     f"generator ({generator}) takes [{n_latent}, {style_dim}]: it belongs to another generator; use "
-                    "an essence extracted with this generator, or pass --encoder/--generator for the one it was "
-                    "made with"
+                    "an essence extracted with this generator, or the encoder and generator it was made with"
                 )
 
     def describe(self) -> list[dict]:
         return [term.record() for term in self.terms]
 
     def check_magnitude(self, strengths: list[float] | None) -> None:
-        """Raise ``ValueError`` when the edit at any of ``strengths`` (``None``: the recommended
+        """Raise :class:`~essencekit.errors.OptionError` (parameter ``strength``) when the edit at any of ``strengths`` (``None``: the recommended
         ones) would move a W+ row by more than :data:`MAX_ROW_NORM`."""
         if len({tuple(t.essence.direction.shape) for t in self.terms}) > 1:
             return  # check() refuses the mix, naming the shapes
@@ -179,12 +178,12 @@ class EssenceMix:
             worst = float(norms[row])
             if worst <= MAX_ROW_NORM:
                 continue
-            lead = "" if strength is None else f"--strength {float(strength):g}: "
+            lead = "" if strength is None else f"strength {float(strength):g}: "
             applied = ", ".join(f"{t.label} x {e:g}" for t, e in zip(self.terms, self.effective(strength)))
-            raise ValueError(
+            raise OptionError(
                 f"{lead}the edit ({applied}) would move W+ row {row} by {worst:.3g}, more than {MAX_ROW_NORM:g}: "
                 "far outside any meaningful edit (the published essences move a row by at most 4.4 at strength "
-                "1); use a smaller --strength or @WEIGHT"
+                "1); use a smaller strength or essence weight (@WEIGHT)", parameter="strength",
             )
 
     def delta(self, strength: float | None, mask: Tensor | None = None) -> Tensor:
@@ -201,26 +200,29 @@ class EssenceMix:
         return [t.weight * (t.recommended_strength if strength is None else float(strength)) for t in self.terms]
 
 
-def parse_strengths(text: str | Sequence[float] | float | None) -> list[float] | None:
+def parse_strengths(text: str | Sequence[float] | float | None, *, parameter: str = "strength") -> list[float] | None:
     """``"0.5,1,1.5"`` -> ``[0.5, 1.0, 1.5]`` (a sweep); ``None`` -> ``None`` (recommended).
-    Raises ``ValueError`` for anything else, repeated values included."""
+    Raises :class:`~essencekit.errors.OptionError` about ``parameter`` (the caller's name for the
+    strengths) for anything else, repeated values included."""
     if text is None:
         return None
     if isinstance(text, (int, float)):
         values = [float(text)]
     elif isinstance(text, str):
         if any(not part.strip() for part in text.split(",")):
-            raise ValueError(f"empty item in --strength {text!r}")
+            raise OptionError(f"empty item in {parameter} {text!r}", parameter=parameter)
         try:
             values = [float(part) for part in text.split(",")]
         except ValueError:
-            raise ValueError(f"--strength takes a number or a comma list such as 0.5,1,1.5; got {text!r}") from None
+            raise OptionError(
+                f"{parameter} takes a number or a comma list such as 0.5,1,1.5; got {text!r}", parameter=parameter
+            ) from None
     else:
         values = [float(v) for v in text]
     if not values:
-        raise ValueError("--strength needs at least one number")
+        raise OptionError(f"{parameter} needs at least one number", parameter=parameter)
     if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"--strength values must be finite numbers, got {text!r}")
+        raise OptionError(f"{parameter} values must be finite numbers, got {text!r}", parameter=parameter)
     if len(set(values)) != len(values):
-        raise ValueError(f"--strength lists a value twice: {text!r}")
+        raise OptionError(f"{parameter} lists a value twice: {text!r}", parameter=parameter)
     return values

@@ -15,21 +15,35 @@ treats every channel of every sample as its own single-channel image:
 It computes exactly what :func:`essencekit.models.ops.blur` and
 :func:`~essencekit.models.ops.upsample2x` compute, but with ``B*C`` single-channel
 convolutions and several layout copies, which on the CPU is slow and keeps a lot of memory
-alive for the backward pass. :func:`use_reference_ops` swaps this form into our
-:class:`~essencekit.models.stylegan2.Generator` (the blur after each transposed up-convolution
-and the ToRGB skip upsampling), so that the benchmark can time "the reference" on the very same
-weights; together with the grouped modulated convolution (the reference's form) that is the
-reference generator's arithmetic.
+alive for the backward pass.
 
-Only for measurement: nothing outside :mod:`essencekit.bench` uses this.
+The reference also runs each layer's noise injection, bias and leaky ReLU as separate ops, and
+builds the grouped form's per-sample weights in five steps; essencekit's generator only has
+the fused forms of those (:class:`~essencekit.models.stylegan2.StyledConv`,
+:meth:`~essencekit.models.stylegan2.ModulatedConv2d._grouped_weight`).
+:func:`use_reference_sequence` gives a generator the reference's sequence back, and
+:func:`use_reference_ops` swaps in the resampling too (the blur after each transposed
+up-convolution and the ToRGB skip upsampling), so that the benchmarks time "the reference" on
+the very same weights; with the grouped modulated convolution (the reference's form) that is
+the reference generator's arithmetic.
+
+Only for measurement and for the tests that hold the fused forms to the reference's numbers.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.stylegan2 import Blur, Generator, GeneratorConfig, Upsample
+from essencekit.models.stylegan2 import (
+    Blur,
+    Generator,
+    GeneratorConfig,
+    ModulatedConv2d,
+    StyledConv,
+    Upsample,
+)
 
 
 def upfirdn2d_reference(
@@ -102,6 +116,41 @@ class ReferenceUpsample(nn.Module):
         return upfirdn2d_reference(x, self.kernel, up=2, pad=self.pad)
 
 
+class ReferenceModulatedConv2d(ModulatedConv2d):
+    """:class:`~essencekit.models.stylegan2.ModulatedConv2d` whose grouped form builds the
+    per-sample weights with the reference's op sequence (and transposes them for the
+    up-convolution with one more copy)."""
+
+    def _grouped_weight(self, style: Tensor, transposed: bool = False) -> Tensor:
+        batch = style.shape[0]
+        weight = self.scale * self.weight * style.view(batch, 1, self.in_channel, 1, 1)
+        if self.demodulate:
+            demod = torch.rsqrt(weight.square().sum((2, 3, 4)) + 1e-8)
+            weight = weight * demod.view(batch, self.out_channel, 1, 1, 1)
+        return weight.transpose(1, 2) if transposed else weight
+
+
+class UnfusedStyledConv(StyledConv):
+    """:class:`~essencekit.models.stylegan2.StyledConv` with the reference's separate noise
+    injection and biased leaky ReLU, each a new full-size tensor kept for backward."""
+
+    def forward(self, x: Tensor, style: Tensor, noise: Tensor) -> Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise))
+
+
+def use_reference_sequence(model: nn.Module, *, weights: bool = True, activations: bool = True) -> nn.Module:
+    """Give ``model``'s layers (in place) the reference's op sequence: the per-sample weights
+    (``weights``) and the unfused noise, bias and activation (``activations``); returns it.
+    Parameters and results stay the same, to float rounding."""
+    swaps = {ModulatedConv2d: ReferenceModulatedConv2d if weights else None,
+             StyledConv: UnfusedStyledConv if activations else None}
+    for module in model.modules():
+        replacement = swaps.get(type(module))
+        if replacement is not None:
+            module.__class__ = replacement  # the same attributes, another forward
+    return model
+
+
 def use_reference_ops(generator: Generator) -> Generator:
     """Swap the reference resampling ops into ``generator`` (in place), select the grouped
     modulated convolution and the reference's unfused op sequence; returns it.
@@ -118,7 +167,7 @@ def use_reference_ops(generator: Generator) -> Generator:
                 swaps.append((parent, name, ReferenceUpsample(child.kernel)))
     for parent, name, replacement in swaps:
         setattr(parent, name, replacement)
-    return generator.set_modulated_conv("grouped").set_fused_ops(False)
+    return use_reference_sequence(generator.set_modulated_conv("grouped"))
 
 
 def reference_generator(config: GeneratorConfig) -> Generator:
@@ -129,3 +178,8 @@ def reference_generator(config: GeneratorConfig) -> Generator:
 def uses_reference_ops(generator: nn.Module) -> bool:
     """Whether :func:`use_reference_ops` was applied to ``generator``."""
     return any(isinstance(m, (ReferenceBlur, ReferenceUpsample)) for m in generator.modules())
+
+
+def uses_reference_sequence(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` runs the reference's op sequence (:func:`use_reference_sequence`)."""
+    return any(isinstance(m, (ReferenceModulatedConv2d, UnfusedStyledConv)) for m in model.modules())

@@ -4,8 +4,8 @@ Times the synthesis network (W+ in, images out, constant noise, random weights w
 seed) forward and forward + backward (the gradient with respect to W+, weights frozen: what
 essence extraction runs) on one backend, for these variants:
 
-* ``reference``: the reference implementation's resampling ops
-  (:mod:`essencekit.bench.reference_ops`) with the grouped modulated convolution and its
+* ``reference``: the reference implementation's resampling ops and op sequence
+  (:mod:`compare.reference_ops`) with the grouped modulated convolution and its
   unfused noise, bias and activation, in a process without transparent huge pages (which is
   how the reference runs); ``reference+hugepages`` on request: the same with them, to show how
   much of the difference is allocation,
@@ -33,7 +33,8 @@ On CUDA the published code runs a compiled ``upfirdn2d`` kernel where it builds;
 the extension does not build).
 The report recommends the modulated-convolution form for the backend from the measured times.
 
-Run ``python benchmarks/generator.py --help`` (or ``python -m essencekit.bench.generator``).
+Run ``python benchmarks/generator.py --help``. The targets these figures are held to are in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -45,33 +46,41 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from ..hugepages import huge_pages_requested
-from . import measure
-from .report import (
-    SECTION, add_common_arguments, command_line, fmt, gib_cell, int_list, markdown, names, peak_label, print_lines,
-    print_machine, ratio, rich_table,
+from essencekit.bench import measure, workloads
+from essencekit.bench.report import (
+    SECTION,
+    fmt,
+    gib_cell,
+    peak_label,
+    print_lines,
+    print_machine,
+    rich_table,
+)
+from essencekit.bench.workloads import DEFAULT_REPEATS, DEFAULT_SEED, OPS
+
+from .common import (
+    REFERENCE_PROCESS_ENV,
+    add_common_arguments,
+    command_line,
+    int_list,
+    markdown,
+    names,
+    ratio,
+    worker_runner,
 )
 
-MODULE = "essencekit.bench.generator"
-OPS = ("forward", "fwd+bwd")
+MODULE = "compare.generator"
 DEFAULT_SIZE = 1024
 QUICK_SIZE = 256
 DEFAULT_BATCHES = (1, 4)
-DEFAULT_REPEATS = 3
 DEFAULT_TIME_BUDGET_S = 20.0
-DEFAULT_SEED = 0
-# The issue's goal, for fwd+bwd at 1024 px and batch 4 against the reference form.
-GOAL_CASE = (1024, "fwd+bwd", 4)
-GOAL_SPEEDUP = 3.0
-GOAL_PEAK_GIB = 8.0
 # Relative agreement with the reference's batch-1 outputs that counts as the same result.
 AGREEMENT_TOLERANCE = {"float32": 1e-4, "reduced": 5e-2}
 # Below this relative time difference the two modulated-convolution forms are "as fast".
 CLEAR_DIFFERENCE = 0.03
-# The reference form's peak for fwd+bwd, 1024 px, batch 4, on the CPU (REFERENCE-FACTS.md).
+# The reference form's peak for fwd+bwd, 1024 px, batch 4, on the CPU (docs/performance.md).
 REFERENCE_PEAK_HINT_GIB = 21.1
 # The built-in CPU backend's switch for its (opt-in) malloc tuning (essencekit_builtins.backends).
 MALLOC_TUNING_ENV = "ESSENCEKIT_CPU_MALLOC_TUNING"
@@ -85,7 +94,8 @@ class Variant:
     reference_ops: bool = False
     checkpoint_blocks: bool = False
     ops: tuple[str, ...] = OPS
-    # False: the reference's unfused noise, bias and activation (Generator.set_fused_ops)
+    # False: the reference's unfused noise, bias and activation and its per-sample weights
+    # (reference_ops.use_reference_sequence)
     fused_ops: bool = True
     # False: torch's CPU allocator without transparent huge pages, as the reference runs
     huge_pages: bool = True
@@ -96,8 +106,21 @@ class Variant:
         """Environment settings of this variant's worker process (read before torch allocates)."""
         env = {MALLOC_TUNING_ENV: "1" if self.malloc_tuning else "0"}
         if not self.huge_pages:
-            env.update(measure.REFERENCE_PROCESS_ENV)
+            env.update(REFERENCE_PROCESS_ENV)
         return env
+
+    def adapt(self, model) -> None:
+        """Turn ``model``, as the backend prepared it, into this variant's form (in place)."""
+        from .reference_ops import use_reference_ops, use_reference_sequence
+
+        if self.reference_ops:
+            use_reference_ops(model)
+        # the backend chose its own modulated-conv form: the variant's wins
+        if self.modulated_conv is not None:
+            model.set_modulated_conv(self.modulated_conv)
+        if not self.fused_ops:
+            use_reference_sequence(model)
+        model.checkpoint_blocks = self.checkpoint_blocks
 
 
 VARIANTS: dict[str, Variant] = {
@@ -140,142 +163,23 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_VARIANTS = ("reference", "grouped", "shared", "shared+checkpoint")
 
 
-def ffhq_config(size: int = DEFAULT_SIZE, *, channel_multiplier: int = 2, max_channels: int | None = None):
-    """The FFHQ ("config-f") generator architecture at ``size`` px.
-
-    Widths 512 up to 32 px, then 256, 128, 64, 32, 16 (times ``channel_multiplier``) at 64,
-    128, ..., 1024 px: at 1024 and multiplier 2 (512, 512, 512, 512, 512, 256, 128, 64, 32).
-    ``max_channels`` caps every width (smaller models for smoke tests).
-    """
-    from ..models.stylegan2 import GeneratorConfig
-
-    widths = []
-    resolution = 4
-    while resolution <= size:
-        width = 512 if resolution <= 32 else min(512, 16 * channel_multiplier * 1024 // resolution)
-        widths.append(width if max_channels is None else min(width, max_channels))
-        resolution *= 2
-    return GeneratorConfig(size=size, style_dim=512, n_mlp=8, channels=tuple(widths))
-
-
 # --------------------------------------------------------------------------------------------
 # The worker: one process, one variant, a few (op, batch) cases
-
-
-def build_generator(config, variant: Variant, backend, seed: int = DEFAULT_SEED):
-    """The generator of ``variant`` with random weights drawn from ``seed``, ready on ``backend``."""
-    import torch
-
-    from ..models.stylegan2 import Generator
-    from .reference_ops import use_reference_ops
-
-    torch.manual_seed(seed)
-    model = Generator(config)
-    if variant.reference_ops:
-        use_reference_ops(model)
-    model.eval().requires_grad_(False)
-    # prepare() sets the backend's own modulated-conv form: the variant's wins afterwards
-    model = backend.prepare(model)
-    if variant.modulated_conv is not None:
-        model.set_modulated_conv(variant.modulated_conv)
-    if not variant.fused_ops:
-        model.set_fused_ops(False)
-    model.checkpoint_blocks = variant.checkpoint_blocks
-    return model
-
-
-def random_w_plus(config, batch: int, seed: int = DEFAULT_SEED):
-    """W+ [batch, n_latent, style_dim], standard normal, drawn on the CPU from ``seed + 1``."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed + 1)
-    return torch.randn(batch, config.n_latent, config.style_dim, generator=generator)
-
-
-def _step(model, op: str, w_plus, backend, autocast: bool, keep: bool) -> Callable[[], Any]:
-    import contextlib
-
-    import torch
-
-    amp = backend.autocast if autocast else contextlib.nullcontext
-
-    def forward():
-        with torch.no_grad(), amp():
-            image = model.synthesis(w_plus, noise="const")
-        return {"image": image.float().cpu()} if keep else None
-
-    def forward_backward():
-        w = w_plus.detach().clone().requires_grad_(True)
-        with amp():
-            image = model.synthesis(w, noise="const")
-        image.float().sum().backward()
-        return {"image": image.detach().float().cpu(), "grad": w.grad.float().cpu()} if keep else None
-
-    if op == "forward":
-        return forward
-    if op == "fwd+bwd":
-        return forward_backward
-    raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
 
 
 def measure_cases(spec: dict) -> dict:
     """Run one worker's cases (in this process) and return their figures.
 
-    ``spec``: ``config`` (GeneratorConfig fields), ``variant``, ``cases`` ([op, batch] pairs,
-    memory-ascending), ``backend``, ``repeats``, ``time_budget_s``, ``warmup``, ``autocast``,
-    ``seed`` and ``save_dir`` (where batch-1 outputs go, or ``None``).
+    ``spec``: as :func:`essencekit.bench.workloads.generator_cases` takes it, and ``variant``.
     """
-    import torch
-
-    from ..backends import select_backend
-    from ..models.stylegan2 import GeneratorConfig
-
-    backend = select_backend(spec.get("backend"))
-    config = GeneratorConfig(**spec["config"])
     variant = VARIANTS[spec["variant"]]
-    seed = int(spec.get("seed", DEFAULT_SEED))
-    autocast = bool(spec.get("autocast", True))
-    save_dir = spec.get("save_dir")
-
-    model = build_generator(config, variant, backend, seed)
-    rss_model = measure.current_rss_bytes()
-    warmed: set[str] = set()
-    cases = []
-    for op, batch in spec["cases"]:
-        keep = bool(save_dir) and batch == 1
-        w_plus = random_w_plus(config, batch, seed).to(backend.device)
-        step = _step(model, op, w_plus, backend, autocast, keep)
-        if spec.get("warmup", True) and op not in warmed:
-            step()
-            backend.synchronize()
-        warmed.add(op)
-        backend.reset_peak_memory()
-        times, output = measure.time_repeats(
-            step, repeats=int(spec.get("repeats", DEFAULT_REPEATS)),
-            budget_s=spec.get("time_budget_s"), synchronize=backend.synchronize,
-        )
-        record = {"op": op, "batch": batch, "times_s": times, "median_s": measure.median(times),
-                  **measure.peak_memory(backend)}
-        if keep and output is not None:
-            path = Path(save_dir) / f"{config.size}-{variant.name}-{op}.pt"
-            torch.save(output, path)
-            record["output_path"] = str(path)
-        output = step = w_plus = None
-        cases.append(record)
-    return {
-        "variant": variant.name,
-        "size": config.size,
-        "rss_after_model_bytes": rss_model,
-        "torch_threads": torch.get_num_threads(),
-        # as torch read it at its first allocation in this process
-        "huge_pages": huge_pages_requested(),
-        "cases": cases,
-    }
+    return {"variant": variant.name,
+            **workloads.generator_cases({**spec, "tag": variant.name}, adapt=variant.adapt)}
 
 
 def subprocess_runner(timeout: float | None = None) -> Callable[[dict, str], dict]:
-    """Runs each worker in a fresh ``python -m essencekit.bench.generator --worker`` process."""
-    return measure.worker_runner(MODULE, timeout)
+    """Runs each worker in a fresh ``python -m compare.generator --worker`` process."""
+    return worker_runner(MODULE, timeout)
 
 
 # Runs each worker in this process (tests; peak memory is then this process's).
@@ -336,6 +240,14 @@ def compare_outputs(outputs: dict[tuple[int, str], dict[str, dict]], tolerance: 
     return rows
 
 
+def backend_form(backend) -> str:
+    """The modulated-convolution form essencekit's generator picks on ``backend`` (a tiny one
+    is asked: the choice is the model's, from what the backend reports)."""
+    from essencekit.models.stylegan2 import Generator, GeneratorConfig
+
+    return Generator(GeneratorConfig.ffhq(16, max_channels=8)).configure_for(backend).modulated_conv
+
+
 def recommend_modulated_conv(rows: Sequence[dict], backend_name: str, current: str) -> dict | None:
     """Which modulated-convolution form was faster, by the geometric mean of the time ratio
     shared / grouped over fwd+bwd (what extraction runs; all ops when fwd+bwd is missing)."""
@@ -367,31 +279,6 @@ def recommend_modulated_conv(rows: Sequence[dict], backend_name: str, current: s
     }
 
 
-def evaluate_goal(rows: Sequence[dict]) -> dict | None:
-    """The issue's goal at fwd+bwd, 1024 px, batch 4: >= 3x the reference and < 8 GiB peak."""
-    size, op, batch = GOAL_CASE
-    here = {r["variant"]: r for r in rows if (r["size"], r["op"], r["batch"]) == GOAL_CASE}
-    if not any(v != "reference" for v in here):
-        return None
-    verdicts = []
-    for name, row in here.items():
-        if name == "reference" or not row.get("median_s"):
-            continue
-        speedup, peak = row.get("speedup_vs_reference"), measure.gib(row.get("peak_bytes"))
-        verdicts.append({
-            "variant": name,
-            "speedup_vs_reference": speedup,
-            "peak_gib": peak,
-            "met": speedup is not None and speedup >= GOAL_SPEEDUP and peak is not None and peak < GOAL_PEAK_GIB,
-        })
-    return {
-        "case": {"size": size, "op": op, "batch": batch},
-        "min_speedup": GOAL_SPEEDUP,
-        "max_peak_gib": GOAL_PEAK_GIB,
-        "variants": verdicts,
-    }
-
-
 def benchmark(
     configs: Sequence,
     variants: Sequence[str] = DEFAULT_VARIANTS,
@@ -407,7 +294,7 @@ def benchmark(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the benchmark and return the report (plain data, JSON-serialisable)."""
-    from ..backends import select_backend
+    from essencekit.backends import select_backend
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -477,8 +364,7 @@ def benchmark(
         "variants": {name: VARIANTS[name].description for name in variants},
         "results": rows,
         "agreement": agreement,
-        "recommendation": recommend_modulated_conv(rows, chosen.name, chosen.modulated_conv),
-        "goal": evaluate_goal(rows),
+        "recommendation": recommend_modulated_conv(rows, chosen.name, backend_form(chosen)),
         "wall_s": time.perf_counter() - started,
     }
 
@@ -496,7 +382,7 @@ def _sorted_rows(report: dict) -> list[dict]:
 
 
 def summary_lines(report: dict) -> list[str]:
-    """The verdicts under the table: agreement, the modulated-conv recommendation, the goal."""
+    """The verdicts under the table: agreement and the modulated-conv recommendation."""
     lines = []
     for row in report["agreement"]:
         parts = []
@@ -527,15 +413,6 @@ def summary_lines(report: dict) -> list[str]:
             f"({fmt(p['grouped_peak_gib'], '.2f', ' GiB')})"
             for p in rec["pairs"]
         )
-    goal = report.get("goal")
-    if goal:
-        for v in goal["variants"]:
-            lines.append(
-                f"Goal (fwd+bwd, 1024 px, batch 4: >= {goal['min_speedup']:g}x the reference, "
-                f"< {goal['max_peak_gib']:g} GiB): {v['variant']} "
-                f"{ratio(v['speedup_vs_reference'])}, {fmt(v['peak_gib'], '.2f', ' GiB')}: "
-                + ("met" if v["met"] else "NOT met")
-            )
     failed = [r for r in report["results"] if r.get("error")]
     for row in failed:
         lines.append(f"FAILED {row['size']} px {row['variant']} {row['op']} b{row['batch']}: {row['error']}")
@@ -639,12 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, runner: Callable[[dict, str], dict] | None = None) -> int:
     """The command line; returns the exit status (1 when a case failed)."""
+    from essencekit.models.stylegan2 import GeneratorConfig
+
     args = build_parser().parse_args(argv)
 
     def run(progress: Callable[[str], None]) -> dict:
         sizes = args.sizes or [QUICK_SIZE if args.quick else DEFAULT_SIZE]
         batches = args.batches or ([1] if args.quick else list(DEFAULT_BATCHES))
-        configs = [ffhq_config(size, max_channels=args.max_channels) for size in sizes]
+        configs = [GeneratorConfig.ffhq(size, max_channels=args.max_channels) for size in sizes]
         available = measure.gib(measure.available_memory_bytes())
         if (
             "reference" in args.variants and max(sizes) >= 1024 and max(batches) >= 4

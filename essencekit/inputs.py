@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import EssencekitError
+from .errors import EssencekitError
 
 LATENT_SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
 _GLOB_CHARS = set("*?[")
@@ -23,7 +23,7 @@ _GLOB_CHARS = set("*?[")
 def image_suffixes() -> frozenset[str]:
     """Extensions of every format this Pillow can open (``.jpg``, ``.png``, ``.webp``, ``.heic``
     with pillow-heif, ...)."""
-    from ..images import photo_suffixes
+    from .images import photo_suffixes
 
     return photo_suffixes()
 
