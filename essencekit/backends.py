@@ -122,14 +122,14 @@ class Backend(abc.ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 - optional: devices without a queue need nothing
         """Wait for queued device work (for honest timings); a no-op on the CPU."""
 
     def peak_memory(self) -> int | None:
         """Peak device memory in bytes since the last reset, if the device reports it."""
         return None
 
-    def reset_peak_memory(self) -> None:
+    def reset_peak_memory(self) -> None:  # noqa: B027 - optional, as peak_memory
         """Start a new peak-memory measurement."""
 
     @property

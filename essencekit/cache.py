@@ -34,9 +34,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .atomic import atomic_path
 from .errors import EssencekitError

@@ -241,7 +241,7 @@ def build_clip_visual(
 # images
 
 
-def _open_image(source) -> "PIL.Image.Image":  # noqa: F821
+def _open_image(source) -> PIL.Image.Image:  # noqa: F821
     # the target reader every command uses: EXIF orientation, the pixel limit, HEIC, RGB, and
     # one-line errors that name the file
     from PIL import Image

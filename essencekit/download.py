@@ -45,10 +45,10 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests

@@ -75,7 +75,7 @@ class Essence:
         # that weights_only loading refuses
         self.metadata = {str.__str__(k): str.__str__(v) for k, v in self.metadata.items()}
 
-    def validate(self) -> "Essence":
+    def validate(self) -> Essence:
         """Refuse what no edit can mean: a direction far larger than any W+ offset
         (:data:`MAX_ROW_NORM`), coefficients or a ``recommended_strength`` that are not finite
         numbers. Done when a file is read and when an essence is applied, not on construction,
@@ -136,7 +136,7 @@ class Essence:
         return decoded
 
     @classmethod
-    def from_npy(cls, path: str | os.PathLike, name: str | None = None) -> "Essence":
+    def from_npy(cls, path: str | os.PathLike, name: str | None = None) -> Essence:
         """Import a published TargetCLIP direction ((1, n_latent, style_dim) float32 ``.npy``)."""
         path = Path(path)
         try:

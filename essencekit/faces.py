@@ -91,7 +91,7 @@ class CropTransform:
         return {"quad": [list(p) for p in self.quad], "size": self.size, "photo_size": list(self.photo_size)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CropTransform":
+    def from_dict(cls, data: dict) -> CropTransform:
         return cls(tuple(tuple(float(v) for v in p) for p in data["quad"]), int(data["size"]), tuple(data["photo_size"]))
 
 

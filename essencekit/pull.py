@@ -22,9 +22,9 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from . import cache
 from .cache import (

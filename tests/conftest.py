@@ -52,6 +52,21 @@ def _isolated(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture
+def cli(capsys):
+    """Run the essencekit command line in this process: ``cli(args)`` gives ``(exit status,
+    stdout, stderr)``; arguments may be paths or numbers."""
+    from essencekit.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return exit_.value.code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
 def fixtures() -> Path:
     return FIXTURES
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
-
 from compare import common
 from compare import generator as bench
 from compare.reference_ops import (
@@ -25,6 +23,8 @@ from compare.reference_ops import (
     uses_reference_ops,
     uses_reference_sequence,
 )
+from rich.console import Console
+
 from essencekit.bench import measure
 from essencekit.hugepages import HUGE_PAGES_ENV
 from essencekit.models.ops import blur, make_blur_kernel, upsample2x

@@ -16,19 +16,11 @@ from rich.console import Console
 
 import essencekit
 from essencekit.backends import Backend
-from essencekit.hugepages import huge_pages_status
 from essencekit.bench import report as reporting
 from essencekit.bench import suite
-from essencekit.cli import main
+from essencekit.hugepages import huge_pages_status
 
 TINY = {"size": 16, "max_channels": 8, "repeats": 2, "backend": "cpu", "images": 2}
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 def test_the_whole_suite_in_process(tiny_clip_plugin, tmp_path):
@@ -96,13 +88,12 @@ def test_options_that_cannot_work():
             suite.run_suite(**{**TINY, **kwargs})
 
 
-def test_command_line_json_on_stdout(tmp_path, capsys):
+def test_command_line_json_on_stdout(tmp_path, capsys, cli):
     """The one subprocess: the case runs in ``python -m essencekit.bench.suite --worker``."""
     out = tmp_path / "bench.json"
-    code, stdout, stderr = _run(
+    code, stdout, stderr = cli(
         ["bench", "--json", "--size", "16", "--max-channels", "8", "--repeats", "1", "--backend", "cpu",
          "--only", "generator-forward", "-o", str(out)],
-        capsys,
     )
     assert code == 0, stderr
     data = json.loads(stdout)
@@ -113,15 +104,15 @@ def test_command_line_json_on_stdout(tmp_path, capsys):
     assert json.loads(out.read_text()) == data
 
 
-def test_command_line_table_saves_a_timestamped_file_here(tmp_path, monkeypatch, capsys):
+def test_command_line_table_saves_a_timestamped_file_here(tmp_path, monkeypatch, capsys, cli):
     monkeypatch.chdir(tmp_path)
 
     def runner(timeout=None):
         return suite.in_process_runner
 
     monkeypatch.setattr(suite, "subprocess_runner", runner)
-    code, stdout, _ = _run(["bench", "--size", "16", "--max-channels", "8", "--repeats", "1", "--backend", "cpu",
-                            "--only", "generator-forward"], capsys)
+    code, stdout, _ = cli(["bench", "--size", "16", "--max-channels", "8", "--repeats", "1", "--backend", "cpu",
+                            "--only", "generator-forward"])
     assert code == 0
     assert "generator-forward" in stdout and "median s" in stdout and "CPU:" in stdout
     (saved,) = tmp_path.glob("essencekit-bench-cpu-*.json")
@@ -132,13 +123,13 @@ def _error_lines(text):
     return [line for line in text.splitlines() if line.startswith("Error")]
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys, register_plugin):
-    code, stdout, stderr = _run(["bench", "--only", "generator-forward,fastest"], capsys)
+def test_command_line_errors_are_one_line(tmp_path, capsys, register_plugin, cli):
+    code, stdout, stderr = cli(["bench", "--only", "generator-forward,fastest"])
     assert code == 2 and not stdout
     (line,) = _error_lines(stderr)
     assert "unknown case(s) fastest; choose from generator-forward" in line
 
-    code, _, stderr = _run(["bench", "--backend", "tpu", "--size", "16"], capsys)
+    code, _, stderr = cli(["bench", "--backend", "tpu", "--size", "16"])
     assert code == 1 and stderr.count("\n") == 1 and "unknown backend 'tpu'" in stderr
 
     class Unavailable(Backend):
@@ -157,10 +148,10 @@ def test_command_line_errors_are_one_line(tmp_path, capsys, register_plugin):
             register(Unavailable())
 
     register_plugin(Plugin(), "test-offline")
-    code, _, stderr = _run(["bench", "--backend", "test-offline", "--size", "16"], capsys)
+    code, _, stderr = cli(["bench", "--backend", "test-offline", "--size", "16"])
     assert code == 1 and stderr.count("\n") == 1 and "not available here: it is switched off" in stderr
 
-    code, _, stderr = _run(["bench", "--size", "16", "-o", str(tmp_path)], capsys)
+    code, _, stderr = cli(["bench", "--size", "16", "-o", str(tmp_path)])
     assert code == 1 and stderr.count("\n") == 1 and "a folder" in stderr
 
 

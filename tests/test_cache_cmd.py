@@ -14,19 +14,11 @@ import torch
 
 from essencekit import cache
 from essencekit.aligners import FaceLandmarks
-from essencekit.cli import main
 from essencekit.cli.output import human_size
 from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
 
 OLD = datetime.datetime(2020, 1, 1, 12).timestamp()
 ENCODER = "ab" * 32
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 def _record() -> CacheRecord:
@@ -62,8 +54,8 @@ def _folder_size(folder) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
 
 
-def test_list_shows_weights_and_the_w_cache_with_sizes(filled, capsys):
-    code, out, _ = _run(["cache", "list", "--json"], capsys)
+def test_list_shows_weights_and_the_w_cache_with_sizes(filled, capsys, cli):
+    code, out, _ = cli(["cache", "list", "--json"])
     assert code == 0
     data = json.loads(out)
     assert data["root"] == str(cache.cache_root())
@@ -78,17 +70,17 @@ def test_list_shows_weights_and_the_w_cache_with_sizes(filled, capsys):
     assert group["oldest"] == "2020-01-01" and group["last_used"] == datetime.date.today().isoformat()
     assert data["size"] == _folder_size(filled["e4e"]) + 2_500 + record_size
 
-    code, out, _ = _run(["cache", "list"], capsys)
+    code, out, _ = cli(["cache", "list"])
     text = " ".join(out.split())
     assert code == 0 and "e4e-ffhq" in text and "clip-rn50" in text and "partial" in text
     assert human_size(_folder_size(filled["e4e"])) in text and "kB" in text  # SI sizes, as pull-weights --list
     assert f"Total: {human_size(data['size'])}" in text
 
 
-def test_an_empty_cache_lists_nothing(capsys):
-    code, out, _ = _run(["cache", "list", "--json"], capsys)
+def test_an_empty_cache_lists_nothing(capsys, cli):
+    code, out, _ = cli(["cache", "list", "--json"])
     assert code == 0 and json.loads(out)["artifacts"] == [] and json.loads(out)["latents"] == []
-    code, out, _ = _run(["cache", "list"], capsys)
+    code, out, _ = cli(["cache", "list"])
     assert code == 0 and "is empty" in out
 
 
@@ -97,66 +89,66 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_remove_refuses_names_not_in_the_cache(filled, capsys):
+def test_remove_refuses_names_not_in_the_cache(filled, capsys, cli):
     for name, expected in (("e4e-ffqh", "did you mean e4e-ffhq"), ("stylegan2-ffhq", "registered but not downloaded"),
                            ("nonsense", "not in the weight cache"), ("../latents", "not in the weight cache")):
-        code, _, err = _run(["cache", "remove", name, "--yes"], capsys)
+        code, _, err = cli(["cache", "remove", name, "--yes"])
         message = " ".join(err.split())
         assert code == 1 and expected in message and "`essencekit cache list`" in message, name
     assert filled["old"].is_file() and filled["e4e"].is_dir()  # nothing was touched
 
 
-def test_remove_asks_first(filled, capsys, monkeypatch):
+def test_remove_asks_first(filled, capsys, monkeypatch, cli):
     # no terminal to ask on and no --yes: nothing happens
-    code, _, err = _run(["cache", "remove", "e4e-ffhq"], capsys)
+    code, _, err = cli(["cache", "remove", "e4e-ffhq"])
     assert code == 1 and "--yes" in err and filled["e4e"].is_dir()
     # asked, and declined
     monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
-    code, _, err = _run(["cache", "remove", "e4e-ffhq"], capsys)
+    code, _, err = cli(["cache", "remove", "e4e-ffhq"])
     assert code == 1 and "Nothing removed" in err and filled["e4e"].is_dir()
     # asked, and accepted
     monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
-    code, out, err = _run(["cache", "remove", "e4e-ffhq"], capsys)
+    code, out, err = cli(["cache", "remove", "e4e-ffhq"])
     assert code == 0 and "Remove e4e-ffhq" in err and "Removed e4e-ffhq" in out
     assert not filled["e4e"].exists() and filled["rn50"].is_dir()
     assert cache.artifact_state(cache.get_artifact("e4e-ffhq")).state == "missing"
     # --yes --json: no question, the result as JSON
-    code, out, _ = _run(["cache", "remove", "clip-rn50", "--yes", "--json"], capsys)
+    code, out, _ = cli(["cache", "remove", "clip-rn50", "--yes", "--json"])
     assert code == 0 and json.loads(out) == {
         "removed": "clip-rn50", "path": str(filled["rn50"]), "size": 2_500, "files": 1}
     assert not filled["rn50"].exists()
     # gone: pulling it again is the way back
-    code, _, err = _run(["cache", "remove", "e4e-ffhq", "--yes"], capsys)
+    code, _, err = cli(["cache", "remove", "e4e-ffhq", "--yes"])
     assert code == 1 and "registered but not downloaded" in " ".join(err.split())
 
 
 
-def test_remove_refuses_an_artifact_pull_weights_is_working_on(filled, capsys):
+def test_remove_refuses_an_artifact_pull_weights_is_working_on(filled, capsys, cli):
     with cache.artifact_lock("e4e-ffhq"):
-        code, _, err = _run(["cache", "remove", "e4e-ffhq", "--yes"], capsys)
+        code, _, err = cli(["cache", "remove", "e4e-ffhq", "--yes"])
     assert code == 1 and "is working on it" in " ".join(err.split())
     assert (filled["e4e"] / "e4e_ffhq_encode.safe.pt").is_file()
 
 
-def test_prune_removes_w_records_unused_since_a_date(filled, capsys):
-    code, out, _ = _run(["cache", "prune", "--older-than", "2021-01-01", "--dry-run", "--json"], capsys)
+def test_prune_removes_w_records_unused_since_a_date(filled, capsys, cli):
+    code, out, _ = cli(["cache", "prune", "--older-than", "2021-01-01", "--dry-run", "--json"])
     size = filled["old"].stat().st_size
     assert code == 0 and json.loads(out) == {"before": "2021-01-01", "entries": 1, "size": size, "dry_run": True}
     assert filled["old"].is_file()
 
-    code, out, _ = _run(["cache", "prune", "--older-than", "2021-01-01"], capsys)
+    code, out, _ = cli(["cache", "prune", "--older-than", "2021-01-01"])
     assert code == 0 and "Removed 1 W+ record(s)" in out
     assert not filled["old"].exists() and not filled["old"].parent.exists()  # its empty folder too
     assert filled["new"].is_file() and filled["e4e"].is_dir()  # weights are never pruned
 
-    code, _, err = _run(["cache", "prune", "--older-than", "last week"], capsys)
+    code, _, err = cli(["cache", "prune", "--older-than", "last week"])
     assert code == 2 and "YYYY-MM-DD" in err
 
 
-def test_a_cache_hit_counts_as_a_use(filled, capsys):
+def test_a_cache_hit_counts_as_a_use(filled, capsys, cli):
     """What transfer still uses survives a prune, however long ago it was written."""
     assert LatentCache(ENCODER, "dlib").load("cd" * 32) is not None
-    code, out, _ = _run(["cache", "prune", "--older-than", "2021-01-01", "--json"], capsys)
+    code, out, _ = cli(["cache", "prune", "--older-than", "2021-01-01", "--json"])
     assert code == 0 and json.loads(out)["entries"] == 0 and filled["old"].is_file()
 
 

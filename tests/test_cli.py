@@ -10,14 +10,6 @@ import sys
 import pytest
 
 import essencekit
-from essencekit.cli import main
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -44,44 +36,44 @@ def failing_commands(register_plugin):
     register_plugin(Failing(), "failing")
 
 
-def test_no_arguments_shows_help_and_exits_2(capsys):
-    code, out, err = _run([], capsys)
+def test_no_arguments_shows_help_and_exits_2(capsys, cli):
+    code, out, err = cli([])
     assert code == 2
     assert "Usage: essencekit" in out + err and "plugins" in out + err
 
 
-def test_version(capsys):
-    code, out, _ = _run(["--version"], capsys)
+def test_version(capsys, cli):
+    code, out, _ = cli(["--version"])
     assert code == 0 and out.strip() == f"essencekit {essencekit.__version__}"
 
 
-def test_usage_errors_exit_2(capsys):
-    code, _, err = _run(["no-such-command"], capsys)
+def test_usage_errors_exit_2(capsys, cli):
+    code, _, err = cli(["no-such-command"])
     assert code == 2 and "No such command" in err
-    code, _, err = _run(["plugins", "--no-such-option"], capsys)
+    code, _, err = cli(["plugins", "--no-such-option"])
     assert code == 2 and "No such option" in err
 
 
-def test_user_errors_are_one_line_on_stderr_with_exit_1(failing_commands, capsys):
-    code, out, err = _run(["fail"], capsys)
+def test_user_errors_are_one_line_on_stderr_with_exit_1(failing_commands, capsys, cli):
+    code, out, err = cli(["fail"])
     assert code == 1 and out == ""
     # the message is printed verbatim (brackets are not eaten as markup), on one line
     assert err == "Error: weights [stylegan2-ffhq] not found: run `essencekit pull-weights`\n"
 
 
-def test_ctrl_c_exits_130(failing_commands, capsys):
-    code, _, err = _run(["interrupt"], capsys)
+def test_ctrl_c_exits_130(failing_commands, capsys, cli):
+    code, _, err = cli(["interrupt"])
     assert code == 130 and "Interrupted" in err and "Traceback" not in err
 
 
-def test_unexpected_errors_never_show_a_traceback(failing_commands, capsys):
-    code, _, err = _run(["crash"], capsys)
+def test_unexpected_errors_never_show_a_traceback(failing_commands, capsys, cli):
+    code, _, err = cli(["crash"])
     assert code == 1 and "Traceback" not in err
     assert "Internal error: ZeroDivisionError: division by zero" in err and "ESSENCEKIT_DEBUG=1" in err
 
 
-def test_a_full_disk_is_one_clear_line(failing_commands, capsys):
-    code, _, err = _run(["disk-full"], capsys)
+def test_a_full_disk_is_one_clear_line(failing_commands, capsys, cli):
+    code, _, err = cli(["disk-full"])
     assert code == 1 and err.strip() == "Error: No space left on device (/tmp/out.png)"
 
 
@@ -112,22 +104,22 @@ def refusing_command(register_plugin):
     ("format", "'--format'"),  # the command's Python name keeps a keyword free: format_
     ("cache", "'--no-cache'"),  # a flag that turns the parameter off
 ])
-def test_a_refused_value_is_a_usage_error_naming_the_flag(refusing_command, capsys, parameter, flag):
-    code, out, err = _run(["refuse", "--refuse", parameter], capsys)
+def test_a_refused_value_is_a_usage_error_naming_the_flag(refusing_command, capsys, parameter, flag, cli):
+    code, out, err = cli(["refuse", "--refuse", parameter])
     assert code == 2 and out == ""
     assert f"Error: Invalid value for {flag}: {parameter} cannot be that" in err
     assert "Usage: essencekit refuse" in err and "Traceback" not in err
 
 
-def test_a_refused_value_without_a_flag_is_still_a_usage_error(refusing_command, capsys):
-    code, _, err = _run(["refuse", "--refuse", "workers"], capsys)
+def test_a_refused_value_without_a_flag_is_still_a_usage_error(refusing_command, capsys, cli):
+    code, _, err = cli(["refuse", "--refuse", "workers"])
     assert code == 2 and "Error: Invalid value: workers cannot be that" in err
 
 
 @pytest.mark.parametrize("command", [[], ["plugins"], ["transfer"], ["extract"], ["evaluate"], ["bench"]])
-def test_help_shows_flags_without_a_type(capsys, command):
+def test_help_shows_flags_without_a_type(capsys, command, cli):
     # Typer 0.29 prints "<bool>" beside every flag, which reads as if the flag took a value.
-    code, out, _ = _run([*command, "--help"], capsys)
+    code, out, _ = cli([*command, "--help"])
     assert code == 0 and "--help" in out
     assert "<bool>" not in out
     if command not in ([], ["plugins"]):  # options that take values keep their types
@@ -137,12 +129,12 @@ def test_help_shows_flags_without_a_type(capsys, command):
 # --------------------------------------------------------------------------- shell completion
 
 
-def test_help_offers_shell_completion(capsys):
-    code, out, _ = _run(["--help"], capsys)
+def test_help_offers_shell_completion(capsys, cli):
+    code, out, _ = cli(["--help"])
     assert code == 0 and "--install-completion" in out and "--show-completion" in out
 
 
-def test_show_completion_prints_a_script_for_the_shell_in_SHELL(capsys, monkeypatch):
+def test_show_completion_prints_a_script_for_the_shell_in_SHELL(capsys, monkeypatch, cli):
     # where no parent process is a shell (an IDE, docker exec), $SHELL says which one
     import shellingham
 
@@ -151,7 +143,7 @@ def test_show_completion_prints_a_script_for_the_shell_in_SHELL(capsys, monkeypa
 
     monkeypatch.setattr(shellingham, "detect_shell", no_shell_among_the_parents)
     monkeypatch.setenv("SHELL", "/bin/bash")
-    code, out, err = _run(["--show-completion"], capsys)
+    code, out, err = cli(["--show-completion"])
     assert code == 0, err
     assert "_essencekit_completion()" in out and "_ESSENCEKIT_COMPLETE=complete_bash" in out
 
@@ -171,10 +163,10 @@ def _help_commands():
 
 
 @pytest.mark.parametrize("command", _help_commands(), ids=lambda c: " ".join(c) or "essencekit")
-def test_help_reads_plainly_at_80_columns(capsys, monkeypatch, command):
+def test_help_reads_plainly_at_80_columns(capsys, monkeypatch, command, cli):
     # no Typer internals (<list[str]>, [[NAME]...]..., {SRC}...), no text cut to "…"
     monkeypatch.setenv("COLUMNS", "80")
-    code, out, _ = _run([*command, "--help"], capsys)
+    code, out, _ = cli([*command, "--help"])
     assert code == 0
     assert max(len(line) for line in out.splitlines()) <= 80
     for internal in ("<list[", "[[", "]...]", "…"):
@@ -184,8 +176,8 @@ def test_help_reads_plainly_at_80_columns(capsys, monkeypatch, command):
 
 
 @pytest.mark.parametrize("command", _help_commands(), ids=lambda c: " ".join(c) or "essencekit")
-def test_help_lists_the_exit_statuses(capsys, command):
-    code, out, _ = _run([*command, "--help"], capsys)
+def test_help_lists_the_exit_statuses(capsys, command, cli):
+    code, out, _ = cli([*command, "--help"])
     text = " ".join(out.replace("│", " ").split())  # the words, whatever the width wrapped
     assert code == 0 and "Exit status: 0 " in text
     for status in ("; 1 ", "; 2 on a usage error", "130 when interrupted", "143 when terminated"):
@@ -230,16 +222,16 @@ def test_json_means_the_same_in_every_command():
     assert len(helps) == 2
 
 
-def test_sizes_are_si_in_every_table(capsys):
-    code, out, _ = _run(["plugins"], capsys)
+def test_sizes_are_si_in_every_table(capsys, cli):
+    code, out, _ = cli(["plugins"])
     assert code == 0 and " kB" in out and " KB" not in out  # as pull-weights --list and cache list
 
 
-def test_argument_help_names_the_values(capsys, monkeypatch):
+def test_argument_help_names_the_values(capsys, monkeypatch, cli):
     monkeypatch.setenv("COLUMNS", "80")
-    _, out, _ = _run(["pull-weights", "--help"], capsys)
+    _, out, _ = cli(["pull-weights", "--help"])
     assert "Usage: essencekit pull-weights [OPTIONS] [NAME]..." in out
-    _, out, _ = _run(["transfer", "--help"], capsys)
+    _, out, _ = cli(["transfer", "--help"])
     assert "Usage: essencekit transfer [OPTIONS] SRC..." in out and "<str>..." in out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_rn_variant
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -30,7 +31,6 @@ from essencekit.clip import (
 )
 from essencekit.errors import EssencekitError
 from essencekit.plugins import registered
-from conftest import tiny_rn_variant
 
 _TINY_TEXT = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
 
@@ -346,6 +346,7 @@ def test_unknown_names_modes_and_sizes(tiny_plugin, tmp_path):
 
 def test_builtin_plugin_registers_vit_b_32_and_rn50():
     import open_clip
+
     from essencekit_builtins import clip_models
 
     variants = []
@@ -382,6 +383,7 @@ def test_the_default_clip_model_is_the_registered_one_with_the_highest_priority(
     from pathlib import Path
 
     from conftest import tiny_clip_variant
+
     from essencekit.clip import get_variant
     from essencekit.clip_variant import default_clip_name
     from essencekit.extraction.api import Extractor

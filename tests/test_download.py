@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from http_server import closed_port_url, endless, html, serve, serve_bytes, sequence, silent, sleep_then, status
+from http_server import closed_port_url, endless, html, sequence, serve, serve_bytes, silent, sleep_then, status
 
 from essencekit import cache
 from essencekit.download import (

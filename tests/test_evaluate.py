@@ -15,7 +15,6 @@ from conftest import tiny_rn_variant
 from PIL import Image
 
 import essencekit
-from essencekit.cli import main
 from essencekit.clip import build_clip_model, load_clip
 from essencekit.errors import OptionError
 from essencekit.essence import Essence
@@ -234,13 +233,6 @@ def test_report_has_table_plot_and_grid(setup):
 # --------------------------------------------------------------------------- the command
 
 
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
-
-
 def _cli_models(setup) -> list:
     args = ["--encoder", E4E, "--identity-model", ARCFACE, "--clip", ",".join(setup.judges), "--backend", "cpu",
             "--no-align-target"]
@@ -249,11 +241,11 @@ def _cli_models(setup) -> list:
     return args
 
 
-def test_command_prints_json_and_writes_the_report(setup, capsys):
+def test_command_prints_json_and_writes_the_report(setup, capsys, cli):
     report = setup.tmp / "report.html"
-    code, out, err = _run(
+    code, out, err = cli(
         ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
-         "-s", "1", "--json", "--report", report, *_cli_models(setup)], capsys)
+         "-s", "1", "--json", "--report", report, *_cli_models(setup)])
     assert code == 0, err
     data = json.loads(out)
     assert [row["strength"] for row in data["rows"]] == [0.0, 1.0]
@@ -261,10 +253,10 @@ def test_command_prints_json_and_writes_the_report(setup, capsys):
     assert "<svg" in report.read_text(encoding="utf-8")
 
 
-def test_command_table(setup, capsys):
-    code, out, err = _run(
+def test_command_table(setup, capsys, cli):
+    code, out, err = cli(
         ["evaluate", "-e", setup.essences["beta"], "-t", setup.targets["beta"], "--sources", setup.latents,
-         "-s", "0.5", "--max-sources", "2", *_cli_models(setup)], capsys)
+         "-s", "0.5", "--max-sources", "2", *_cli_models(setup)])
     assert code == 0, err
     assert "identity" in out and "beta" in out and "2 source(s)" in out
 
@@ -276,23 +268,23 @@ def test_command_table(setup, capsys):
     (["--max-sources", "0"], 2, "Invalid value for '--max-sources': max_sources must be at least 1, got 0"),
     (["--strength", "1,1"], 2, "twice"),
 ])
-def test_command_usage_errors(setup, capsys, extra, code, message):
+def test_command_usage_errors(setup, capsys, extra, code, message, cli):
     args = ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
             *_cli_models(setup), *extra]
-    got, out, err = _run(args, capsys)
+    got, out, err = cli(args)
     assert got == code and message in err and "Traceback" not in err
     assert out == ""
 
 
-def test_command_errors_name_the_file(setup, capsys):
+def test_command_errors_name_the_file(setup, capsys, cli):
     base = ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"]]
-    code, _, err = _run([*base, "--sources", setup.tmp / "nowhere", *_cli_models(setup)], capsys)
+    code, _, err = cli([*base, "--sources", setup.tmp / "nowhere", *_cli_models(setup)])
     assert code == 1 and "nowhere" in err
     models = _cli_models(setup)
     models[models.index("--identity-model") + 1] = FIXTURES / "tiny-stylegan2.pt"
-    code, _, err = _run([*base, "--sources", setup.latents, *models], capsys)
+    code, _, err = cli([*base, "--sources", setup.latents, *models])
     assert code == 1 and "tiny-stylegan2.pt" in err and "Traceback" not in err
     (setup.tmp / "bad.png").write_bytes(b"not an image")
-    code, _, err = _run(["evaluate", "-e", setup.essences["alpha"], "-t", setup.tmp / "bad.png",
-                         "--sources", setup.latents, *_cli_models(setup)], capsys)
+    code, _, err = cli(["evaluate", "-e", setup.essences["alpha"], "-t", setup.tmp / "bad.png",
+                         "--sources", setup.latents, *_cli_models(setup)])
     assert code == 1 and "bad.png" in err

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from compare import extract as bench
+
 from essencekit.hugepages import HUGE_PAGES_ENV
 
 

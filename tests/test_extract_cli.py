@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 import essencekit
-from essencekit.cli import main
 from essencekit.errors import EssencekitError
 from essencekit.essence import load_essence
 from essencekit.extraction import optimise as optimise_module
@@ -22,13 +21,6 @@ from essencekit.extraction.eta import EtaEstimator, format_duration
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GENERATOR = FIXTURES / "tiny-stylegan2.pt"
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 def _photo(path: Path, seed: int = 0, size=(90, 70)) -> Path:
@@ -53,13 +45,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_extract_writes_an_essence_with_its_metadata(setup, capsys):
+def test_extract_writes_an_essence_with_its_metadata(setup, capsys, cli):
     output = setup.out / "target.safetensors"
     grid = setup.out / "grid.png"
-    code, out, err = _run(
+    code, out, err = cli(
         ["extract", setup.target, "-o", output, *setup.models, "--steps", "4", "--num-sources", "3",
          "--held-out", "2", "--restarts", "2", "--init", "random", "--seed", "5", "--preview", grid, "--json"],
-        capsys,
     )
     assert code == 0, err
     summary = json.loads(out)["essences"][0]
@@ -93,26 +84,26 @@ def test_extract_writes_an_essence_with_its_metadata(setup, capsys):
         assert sheet.size == (4 * 256, 20 + 3 * 256)
 
 
-def test_seed_repeats_a_run_and_overwrite_replaces_the_default_output(setup, capsys):
+def test_seed_repeats_a_run_and_overwrite_replaces_the_default_output(setup, capsys, cli):
     args = ["extract", setup.target, *setup.models, *setup.quick, "--seed", "11"]
-    code, out, err = _run(args, capsys)
+    code, out, err = cli(args)
     default = setup.tmp / "target.pt"  # -o defaults to <target stem>.pt in the current folder
     assert code == 0 and default.is_file() and "wrote" in out and "target.pt" in out, err
     first = load_essence(default)
-    code, _, err = _run(args, capsys)
+    code, _, err = cli(args)
     assert code == 1 and "already exists" in err and "--overwrite" in err
     assert torch.equal(load_essence(default).direction, first.direction)
-    code, _, err = _run(args + ["--overwrite"], capsys)
+    code, _, err = cli(args + ["--overwrite"])
     assert code == 0, err
     again = load_essence(default)
     assert torch.equal(again.direction, first.direction) and torch.equal(again.coefficients, first.coefficients)
 
 
-def test_several_targets_go_to_a_folder(setup, capsys):
+def test_several_targets_go_to_a_folder(setup, capsys, cli):
     second = _photo(setup.tmp / "second.jpg", seed=1)
     folder = setup.out / "essences"
-    code, _, err = _run(["extract", setup.target, second, "-o", folder, *setup.models, *setup.quick,
-                         "--steps", "1", "--seed", "2"], capsys)
+    code, _, err = cli(["extract", setup.target, second, "-o", folder, *setup.models, *setup.quick,
+                         "--steps", "1", "--seed", "2"])
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == ["second.pt", "target.pt"]
     a, b = load_essence(folder / "target.pt"), load_essence(folder / "second.pt")
@@ -133,11 +124,11 @@ def _interrupt_at(monkeypatch, call: int):
     monkeypatch.setattr(optimise_module, "total_loss", total_loss)
 
 
-def test_ctrl_c_saves_the_best_so_far_and_exits_130(setup, capsys, monkeypatch):
+def test_ctrl_c_saves_the_best_so_far_and_exits_130(setup, capsys, monkeypatch, cli):
     _interrupt_at(monkeypatch, 4)  # during step 4: steps 1-3 are measured
     output = setup.out / "partial.pt"
-    code, out, err = _run(["extract", setup.target, "-o", output, *setup.models, *setup.quick[2:],
-                           "--steps", "50", "--held-out", "2"], capsys)
+    code, out, err = cli(["extract", setup.target, "-o", output, *setup.models, *setup.quick[2:],
+                           "--steps", "50", "--held-out", "2"])
     assert code == 130 and "Traceback" not in err
     assert "saved the best essence so far" in err and str(output) in err
     essence = load_essence(output)
@@ -145,9 +136,9 @@ def test_ctrl_c_saves_the_best_so_far_and_exits_130(setup, capsys, monkeypatch):
     assert essence.metadata["selection"] == "training loss"
 
 
-def test_ctrl_c_before_any_step_writes_nothing(setup, capsys, monkeypatch):
+def test_ctrl_c_before_any_step_writes_nothing(setup, capsys, monkeypatch, cli):
     _interrupt_at(monkeypatch, 1)
-    code, _, err = _run(["extract", setup.target, "-o", setup.out / "x.pt", *setup.models, *setup.quick], capsys)
+    code, _, err = cli(["extract", setup.target, "-o", setup.out / "x.pt", *setup.models, *setup.quick])
     assert code == 130 and "Interrupted" in err
     assert list(setup.out.iterdir()) == []
 
@@ -170,9 +161,8 @@ def test_ctrl_c_before_any_step_writes_nothing(setup, capsys, monkeypatch):
         (["--sources", "nowhere.npy"], "no such file or folder"),
     ],
 )
-def test_nonsense_is_one_line_and_writes_nothing(setup, capsys, extra, message):
-    code, out, err = _run(["extract", setup.target, "-o", setup.out / "x.pt", *setup.models, *setup.quick, *extra],
-                          capsys)
+def test_nonsense_is_one_line_and_writes_nothing(setup, capsys, extra, message, cli):
+    code, out, err = cli(["extract", setup.target, "-o", setup.out / "x.pt", *setup.models, *setup.quick, *extra])
     assert out == "" and message in err, err
     if extra[0] == "--sources":  # a file that is not there: an error
         assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
@@ -181,9 +171,9 @@ def test_nonsense_is_one_line_and_writes_nothing(setup, capsys, extra, message):
     assert list(setup.out.iterdir()) == []
 
 
-def test_bad_inputs_are_refused(setup, capsys):
+def test_bad_inputs_are_refused(setup, capsys, cli):
     def refused(args, message, code=1):
-        result, _, err = _run(["extract", *args], capsys)
+        result, _, err = cli(["extract", *args])
         assert result == code and message in err, err
         assert list(setup.out.iterdir()) == [], "nothing written"
 
@@ -206,12 +196,12 @@ def test_bad_inputs_are_refused(setup, capsys):
              "--sources", setup.tmp / "few.npy"], "provide 3 latents")
 
 
-def test_sources_from_a_latents_file(setup, capsys):
+def test_sources_from_a_latents_file(setup, capsys, cli):
     latents = torch.randn(5, 10, 64, generator=torch.Generator().manual_seed(0)) * 0.5
     np.save(setup.tmp / "latents.npy", latents.numpy())
     output = setup.out / "x.pt"
-    code, _, err = _run(["extract", setup.target, "-o", output, *setup.models, *setup.quick, "--steps", "1",
-                         "--sources", setup.tmp / "latents.npy", "--held-out", "2", "--num-sources", "3"], capsys)
+    code, _, err = cli(["extract", setup.target, "-o", output, *setup.models, *setup.quick, "--steps", "1",
+                         "--sources", setup.tmp / "latents.npy", "--held-out", "2", "--num-sources", "3"])
     assert code == 0, err
     sources = json.loads(load_essence(output).metadata["sources"])
     assert sources["kind"] == "file" and sources["count"] == 5 and sources["num_sources"] == 3
@@ -235,23 +225,23 @@ def _fake_faces(monkeypatch, align_faces):
     monkeypatch.setitem(sys.modules, "essencekit.faces", module)
 
 
-def test_init_auto_says_plainly_when_it_falls_back(setup, capsys, monkeypatch):
+def test_init_auto_says_plainly_when_it_falls_back(setup, capsys, monkeypatch, cli):
     def no_aligner(image, *, aligner=None, which="largest"):
         raise EssencekitError("no face aligner is installed (pip install dlib-bin)")
 
     _fake_faces(monkeypatch, no_aligner)
     output = setup.out / "x.pt"
     args = ["extract", setup.target, "-o", output, *setup.models, *setup.quick[:-2], "--restarts", "2"]
-    code, _, err = _run(args + ["--init", "auto"], capsys)
+    code, _, err = cli(args + ["--init", "auto"])
     assert code == 0 and "no face aligner is installed" in err and "random" in err
     assert [r["init"] for r in json.loads(load_essence(output).metadata["restarts"])] == ["random", "random"]
     output.unlink()
-    code, _, err = _run(args + ["--init", "inversion"], capsys)
+    code, _, err = cli(args + ["--init", "inversion"])
     assert code == 1 and "init 'inversion': cannot invert target.png" in err
     assert list(setup.out.iterdir()) == []
 
 
-def test_inversion_start_and_photo_sources_with_tiny_e4e(setup, capsys, monkeypatch):
+def test_inversion_start_and_photo_sources_with_tiny_e4e(setup, capsys, monkeypatch, cli):
     seen = []
 
     def align_faces(image, *, aligner=None, which="largest"):
@@ -266,9 +256,9 @@ def test_inversion_start_and_photo_sources_with_tiny_e4e(setup, capsys, monkeypa
     _photo(photos / "0b-noface.png", size=(33, 33))
     (photos / "notes.txt").write_text("ignored")
     output = setup.out / "x.pt"
-    code, _, err = _run(["extract", setup.target, "-o", output, *setup.models, "--encoder", FIXTURES / "tiny-e4e.pt",
+    code, _, err = cli(["extract", setup.target, "-o", output, *setup.models, "--encoder", FIXTURES / "tiny-e4e.pt",
                          "--steps", "2", "--num-sources", "2", "--held-out", "0", "--restarts", "2",
-                         "--init", "inversion", "--sources", photos], capsys)
+                         "--init", "inversion", "--sources", photos])
     assert code == 0, err
     assert "skipped 1 photo" in err and "0b-noface.png (no face)" in err
     assert len(seen) == 4  # photos until two faces were inverted (2.png is never opened), and the target

@@ -10,16 +10,8 @@ import pytest
 import torch
 
 import essencekit
-from essencekit.cli import main
 from essencekit.errors import EssencekitError
 from essencekit.essence import Essence, load_essence
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -140,34 +132,34 @@ def test_top_level_api_exports():
 # --------------------------------------------------------------------------- the commands
 
 
-def test_info_shows_metadata(essence, tmp_path, capsys):
+def test_info_shows_metadata(essence, tmp_path, capsys, cli):
     path = essence.save(tmp_path / "e.safetensors")
-    code, out, err = _run(["info", path], capsys)
+    code, out, err = cli(["info", path])
     assert code == 0 and err == ""
     assert "obama" in out and "recommended_strength" in out and "Restarts" in out
-    code, out, _ = _run(["info", path, "--json"], capsys)
+    code, out, _ = cli(["info", path, "--json"])
     data = json.loads(out)
     assert code == 0 and data["name"] == "obama" and data["direction_shape"] == [18, 512]
     assert data["restarts"][0]["init"] == "random" and data["coefficients"] == pytest.approx([0.8, 1.2, 1.0, 0.6])
 
 
-def test_info_errors_are_one_line(tmp_path, capsys):
-    code, out, err = _run(["info", tmp_path / "missing.pt"], capsys)
+def test_info_errors_are_one_line(tmp_path, capsys, cli):
+    code, out, err = cli(["info", tmp_path / "missing.pt"])
     assert code == 1 and out == "" and err.startswith("Error: essence file not found") and err.count("\n") == 1
 
 
-def test_export_writes_the_published_npy(essence, tmp_path, capsys):
+def test_export_writes_the_published_npy(essence, tmp_path, capsys, cli):
     source = essence.save(tmp_path / "e.pt")
     target = tmp_path / "out.npy"
-    code, out, err = _run(["export", source, target], capsys)
+    code, out, err = cli(["export", source, target])
     assert code == 0 and "wrote" in out and "no metadata" in err
     array = np.load(target, allow_pickle=False)
     assert array.shape == (1, 18, 512) and array.dtype == np.float32
     assert np.array_equal(array[0], essence.direction.numpy())
     # refuses to overwrite, converts between formats
-    code, _, err = _run(["export", source, target], capsys)
+    code, _, err = cli(["export", source, target])
     assert code == 1 and "already exists" in err
-    code, _, _ = _run(["export", target, tmp_path / "back.safetensors"], capsys)
+    code, _, _ = cli(["export", target, tmp_path / "back.safetensors"])
     assert code == 0 and torch.equal(load_essence(tmp_path / "back.safetensors").direction, essence.direction)
-    code, _, err = _run(["export", source, tmp_path / "out.txt"], capsys)
+    code, _, err = cli(["export", source, tmp_path / "out.txt"])
     assert code == 2 and "Invalid value for 'OUT': unknown essence format" in err and not (tmp_path / "out.txt").exists()

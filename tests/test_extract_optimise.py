@@ -88,7 +88,8 @@ def test_two_pass_gradients_equal_one_graph(trace, generator):
         coefficients = (torch.ones(2, 4) + jitter).requires_grad_(True)
         restart_of, source_of = torch.arange(2).repeat_interleave(4), torch.arange(4).repeat(2)
 
-        def embed_chunk(part):
+        def embed_chunk(part, restart_of=restart_of, source_of=source_of, coefficients=coefficients,
+                        direction=direction):  # this loop's tensors, bound now
             k, n = restart_of[part], source_of[part]
             return encoder(generator.synthesis(sources[n] + coefficients[k, n][:, None, None] * direction[k]))
 

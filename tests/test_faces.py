@@ -17,7 +17,15 @@ from PIL import Image, ImageFilter
 
 import essencekit
 from essencekit import EssencekitError, FaceLandmarks, faces
-from essencekit.faces import AlignedFace, CropTransform, align_face, align_faces, ffhq_quad, paste_back, paste_back_difference
+from essencekit.faces import (
+    AlignedFace,
+    CropTransform,
+    align_face,
+    align_faces,
+    ffhq_quad,
+    paste_back,
+    paste_back_difference,
+)
 
 N = 1024
 
@@ -141,7 +149,7 @@ def test_the_crop_shows_what_the_transform_says(photo_size, centre, scale, outpu
     face = align_face(photo, _landmarks(points), output_size=output_size)
     assert face.crop.size == (output_size, output_size) and face.crop.mode == "RGB"
     expected = face.transform.to_crop(points)
-    for point, where in zip(points, expected):
+    for where in expected:
         window = max(6, int(output_size * 0.03))
         assert np.abs(_blob_centre(face.crop, where, window) - where).max() < 1.0
     assert np.allclose(face.quad + 0.5, np.asarray(face.transform.quad))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from compare.reference_ops import ReferenceModulatedConv2d, use_reference_sequence, uses_reference_sequence
 
 import essencekit_builtins.backends as builtin_backends
-from compare.reference_ops import ReferenceModulatedConv2d, use_reference_sequence, uses_reference_sequence
 from essencekit.models.ops import blur, fused_leaky_relu, make_blur_kernel, noise_bias_leaky_relu_
 from essencekit.models.stylegan2 import Generator, ModulatedConv2d, load_generator_checkpoint
 

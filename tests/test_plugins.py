@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 
 import essencekit
 from essencekit import plugins

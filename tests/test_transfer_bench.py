@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from compare import transfer as bench
+
 from essencekit.hugepages import HUGE_PAGES_ENV
 
 

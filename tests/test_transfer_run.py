@@ -17,7 +17,6 @@ from PIL import Image
 
 import essencekit
 import essencekit.transfers
-from essencekit.cli import main
 from essencekit.errors import EssencekitError
 from essencekit.essence import Essence
 from essencekit.transfers import Transferrer
@@ -34,13 +33,6 @@ def _dlib_usable() -> bool:
 
 
 needs_dlib = pytest.mark.skipif(not _dlib_usable(), reason="dlib-bin and face-recognition-models are not installed")
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
 
 
 def _lines(out: str) -> list[dict]:
@@ -166,7 +158,7 @@ def test_a_second_essence_skips_detection_and_inversion(models, photos, essence_
 
 
 @needs_dlib
-def test_bad_inputs_are_reported_and_the_run_goes_on(photos, essence_files, tmp_path, capsys):
+def test_bad_inputs_are_reported_and_the_run_goes_on(photos, essence_files, tmp_path, capsys, cli):
     src = tmp_path / "src"
     src.mkdir()
     (src / "good.png").write_bytes((photos / "astro.png").read_bytes())
@@ -179,9 +171,9 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(photos, essence_files, tmp_
     Image.new("RGB", (300, 200), (120, 130, 140)).save(src / "wall.png")
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     out = tmp_path / "out"
-    code, stdout, stderr = _run(
+    code, stdout, stderr = cli(
         ["transfer", src, "-e", essence_files["tiny"], "-o", out, "--encoder", E4E, "--backend", "cpu",
-         "--max-pixels", 1_000_000, "--json"], capsys)
+         "--max-pixels", 1_000_000, "--json"])
     assert code == 1
     lines = {Path(r["source"]).name: r for r in _lines(stdout)}
     assert lines["good.png"]["status"] == "written" and (out / "good_tiny.png").is_file()
@@ -197,13 +189,13 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(photos, essence_files, tmp_
     assert sorted(p.name for p in out.iterdir()) == ["good_tiny.png"]
 
 
-def test_names_never_collide(crops, essence_files, tmp_path, capsys):
+def test_names_never_collide(crops, essence_files, tmp_path, capsys, cli):
     Image.open(crops / "c1.png").save(crops / "c1.jpg", quality=95)
     out = tmp_path / "out"
-    code, stdout, stderr = _run(
+    code, stdout, stderr = cli(
         ["transfer", crops / "c1.png", crops / "c1.jpg", "--no-align", "-e", essence_files["tiny"], "-e",
          f"{essence_files['other']}@0.5", "-s", "0.5,1", "-o", out, "--encoder", E4E, "--backend", "cpu",
-         "--format", "webp", "--quality", "90"], capsys)
+         "--format", "webp", "--quality", "90"])
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "c1_jpg_tiny+other_s0.5.webp", "c1_jpg_tiny+other_s1.webp", "c1_png_tiny+other_s0.5.webp",
@@ -215,7 +207,7 @@ def test_names_never_collide(crops, essence_files, tmp_path, capsys):
 
 
 def test_existing_outputs_are_refused_kept_or_replaced_and_runs_resume(crops, essence_files, tmp_path, capsys,
-                                                                      monkeypatch):
+                                                                      monkeypatch, cli):
     out = tmp_path / "out"
     args = ["transfer", crops, "--no-align", "-e", essence_files["tiny"], "-o", out, "--encoder", E4E,
             "--backend", "cpu", "--batch-size", 1]
@@ -231,59 +223,59 @@ def test_existing_outputs_are_refused_kept_or_replaced_and_runs_resume(crops, es
         return real_save(self, fp, *a, **k)
 
     monkeypatch.setattr(Image.Image, "save", interrupted_save)
-    code, _, stderr = _run(args, capsys)
+    code, _, stderr = cli(args)
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert code == 130 and "--skip-existing" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["c1_tiny.png"]  # no temporary or partial file
     first = (out / "c1_tiny.png").stat().st_mtime_ns
 
-    code, _, stderr = _run(args, capsys)
+    code, _, stderr = cli(args)
     assert code == 1 and "already exists" in stderr and "overwrite to replace" in stderr
-    code, stdout, _ = _run([*args, "--skip-existing", "--json"], capsys)
+    code, stdout, _ = cli([*args, "--skip-existing", "--json"])
     assert code == 0
     assert [r["status"] for r in _lines(stdout)] == ["skipped", "written", "written"]
     assert (out / "c1_tiny.png").stat().st_mtime_ns == first
-    code, stdout, _ = _run([*args, "--overwrite", "--json"], capsys)
+    code, stdout, _ = cli([*args, "--overwrite", "--json"])
     assert code == 0 and [r["status"] for r in _lines(stdout)] == ["written"] * 3
-    code, _, stderr = _run([*args, "--overwrite", "--skip-existing"], capsys)
+    code, _, stderr = cli([*args, "--overwrite", "--skip-existing"])
     assert code == 2 and "exclude each other" in stderr
 
 
-def test_usage_errors_exit_2(crops, essence_files, capsys):
+def test_usage_errors_exit_2(crops, essence_files, capsys, cli):
     base = ["transfer", crops, "--no-align", "-e", essence_files["tiny"], "--encoder", E4E, "--backend", "cpu"]
     for extra, message in ((["--layers", "12"], "Invalid value for '--layers': "),
                            (["--strength", "x"], "Invalid value for '--strength' / '-s': "),
                            (["--faces", "some"], "some")):
-        code, _, stderr = _run([*base, *extra], capsys)
+        code, _, stderr = cli([*base, *extra])
         assert code == 2 and message in stderr, stderr
 
 
-def test_a_bad_quality_names_the_parameter_in_python_and_the_flag_on_the_command_line(crops, essence_files, capsys):
+def test_a_bad_quality_names_the_parameter_in_python_and_the_flag_on_the_command_line(crops, essence_files, capsys, cli):
     from essencekit.errors import OptionError
 
     models = Transferrer(encoder=E4E, device="cpu")
     with pytest.raises(OptionError, match="^quality must be from 1 to 100, got 0$") as error:
         models.transfer(crops, str(essence_files["tiny"]), align=False, format="jpg", quality=0)
     assert error.value.parameter == "quality"  # a Python caller has no flags
-    code, _, stderr = _run(["transfer", crops, "--no-align", "-e", essence_files["tiny"], "--encoder", E4E,
-                            "--backend", "cpu", "--format", "jpg", "--quality", "0"], capsys)
+    code, _, stderr = cli(["transfer", crops, "--no-align", "-e", essence_files["tiny"], "--encoder", E4E,
+                            "--backend", "cpu", "--format", "jpg", "--quality", "0"])
     assert code == 2 and "Invalid value for '--quality'" in stderr
 
 
-def test_an_essence_for_another_generator_is_refused(crops, essence_files, capsys):
-    code, _, stderr = _run(["transfer", crops, "--no-align", "-e", essence_files["big"], "--encoder", E4E], capsys)
+def test_an_essence_for_another_generator_is_refused(crops, essence_files, capsys, cli):
+    code, _, stderr = cli(["transfer", crops, "--no-align", "-e", essence_files["big"], "--encoder", E4E])
     assert code == 1
     assert "shape [18, 512]" in stderr and "takes [10, 64]" in stderr and "another generator" in stderr
 
 
 @needs_dlib
-def test_invert_writes_latents_that_transfer_accepts(photos, essence_files, tmp_path, capsys, mocker):
+def test_invert_writes_latents_that_transfer_accepts(photos, essence_files, tmp_path, capsys, mocker, cli):
     from safetensors import safe_open
 
     from essencekit.cache import sha256_file
 
     latents = tmp_path / "latents"
-    code, stdout, stderr = _run(["invert", photos / "astro.png", "-o", latents, "--encoder", E4E, "--json"], capsys)
+    code, stdout, stderr = cli(["invert", photos / "astro.png", "-o", latents, "--encoder", E4E, "--json"])
     assert code == 0, stderr
     [record] = _lines(stdout)
     path = latents / "astro.safetensors"
@@ -297,8 +289,8 @@ def test_invert_writes_latents_that_transfer_accepts(photos, essence_files, tmp_
     # as a source: a crop from the latent (no photo to paste into), and no encoder work
     invert = mocker.spy(essencekit.models.e4e.E4E, "invert")
     out = tmp_path / "out"
-    code, stdout, stderr = _run(["transfer", latents, "-e", essence_files["tiny"], "-o", out, "--encoder", E4E,
-                                 "--json"], capsys)
+    code, stdout, stderr = cli(["transfer", latents, "-e", essence_files["tiny"], "-o", out, "--encoder", E4E,
+                                 "--json"])
     assert code == 0, stderr
     assert [r["output"] for r in _lines(stdout)] == [str(out / "astro_tiny.png")]
     assert invert.call_count == 0 and _pixels(out / "astro_tiny.png").shape == (64, 64, 3)

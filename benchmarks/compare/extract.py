@@ -38,8 +38,16 @@ from collections.abc import Callable, Sequence
 from essencekit.bench import measure, workloads
 from essencekit.bench.report import fmt, gib_cell, peak_label
 
-from .common import add_common_arguments, int_list, loops_command, markdown, ratio, text_renderer, worker_env
-from .common import worker_runner
+from .common import (
+    add_common_arguments,
+    int_list,
+    loops_command,
+    markdown,
+    ratio,
+    text_renderer,
+    worker_env,
+    worker_runner,
+)
 
 MODULE = "compare.extract"
 LOOPS = ("reference", "essencekit")

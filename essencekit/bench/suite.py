@@ -46,7 +46,6 @@ SCHEMA_VERSION = 1
 DEFAULT_SIZE = 1024
 DEFAULT_REPEATS = 3
 DEFAULT_BATCH = 4
-DEFAULT_CLIP = "ViT-B/32"
 DEFAULT_SEED = 0
 EXTRACT_SOURCES = 4
 EXTRACT_RESTARTS = 1
@@ -246,7 +245,7 @@ def run_suite(
     batch: int = DEFAULT_BATCH,
     images: int | None = None,
     max_channels: int | None = None,
-    clip: str = DEFAULT_CLIP,
+    clip: str | None = None,
     seed: int = DEFAULT_SEED,
     timeout: float | None = None,
     runner: Callable[[dict, str], dict] | None = None,
@@ -260,16 +259,18 @@ def run_suite(
     least 16; 1024 is FFHQ's). ``batch``: of ``generator-fwd+bwd``. ``images``: timed images of
     ``transfer`` (default 8 on the CPU, 128 elsewhere). ``max_channels`` caps every feature
     width (and the style width of the transfer models) for smoke tests; ``clip`` is the CLIP
-    variant of ``extract-step`` (random weights). ``runner(spec, workdir)`` runs one case
+    variant of ``extract-step`` (random weights; default: the highest-priority registered one). ``runner(spec, workdir)`` runs one case
     (default: a worker process, given up after ``timeout`` seconds); ``progress`` gets a line
     before and after each case. Options that cannot work raise :class:`ValueError`.
     """
     from ..backends import select_backend
+    from ..clip_variant import default_clip_name
     from ..version import __version__
 
     selected = check_options(cases, repeats=repeats, size=size, batch=batch, images=images,
                              max_channels=max_channels)
-    chosen = select_backend(None if backend in (None, "", "auto") else backend)
+    chosen = select_backend(backend or None)
+    clip = clip or default_clip_name()
     images = images or default_images(chosen.device.type)
     runner = runner or subprocess_runner(timeout)
     progress = progress or (lambda message: None)

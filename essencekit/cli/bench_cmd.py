@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -60,7 +61,10 @@ def bench(
         None, "--max-channels", min=1, metavar="N", rich_help_panel=ADVANCED,
         help="Cap every feature width at N (tiny models: figures for testing the command, not for comparing).",
     ),
-    clip: str = typer.Option("ViT-B/32", "--clip", rich_help_panel=ADVANCED, help="CLIP variant of extract-step."),
+    clip: Optional[str] = typer.Option(
+        None, "--clip", metavar="NAME", rich_help_panel=ADVANCED,
+        help="CLIP variant of extract-step (default: the highest-priority registered one, ViT-B/32).",
+    ),
     seed: int = typer.Option(0, "--seed", rich_help_panel=ADVANCED, help="Seed of the random weights and inputs."),
     timeout: float | None = typer.Option(
         None, "--timeout", metavar="SECONDS", rich_help_panel=ADVANCED, help="Give up on a case after this long."
@@ -79,8 +83,8 @@ def bench(
     minutes on a 2-core CPU; --only and a smaller --size make a quick check. The per-area comparisons with the reference
     implementation are the scripts in benchmarks/ (see docs/performance.md).
     """
-    from ..bench.suite import check_options, default_output, render, run_suite
     from ..bench.report import save_json
+    from ..bench.suite import check_options, default_output, render, run_suite
 
     cases = None if only is None else [c.strip() for c in only.split(",") if c.strip()]
     try:

@@ -10,7 +10,17 @@ from rich.markup import escape
 
 from ..errors import OptionError
 from .options import (
-    Aligner, Backend, BatchSize, ClipInput, Encoder, Generator, Json, NoAlign, NoCache, add_command, exit_statuses,
+    Aligner,
+    Backend,
+    BatchSize,
+    ClipInput,
+    Encoder,
+    Generator,
+    Json,
+    NoAlign,
+    NoCache,
+    add_command,
+    exit_statuses,
 )
 from .output import err, out, print_json, print_log, print_note, progress_enabled
 

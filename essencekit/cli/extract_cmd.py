@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import typer
 from rich.markup import escape
 
 from ..extraction.settings import DEFAULTS  # the one declaration of the defaults (no torch)
 from .options import (
-    Aligner, Backend, BatchSize, ClipInput, Encoder, Generator, Json, Overwrite, add_command, exit_statuses,
+    Aligner,
+    Backend,
+    BatchSize,
+    ClipInput,
+    Encoder,
+    Generator,
+    Json,
+    Overwrite,
+    add_command,
+    exit_statuses,
 )
 from .output import err, out, print_json, print_note, progress_enabled
 
@@ -174,7 +183,10 @@ def extract(
     coefficients: Literal["sign", "adam", "fixed"] = typer.Option(
         DEFAULTS.coefficients, "--coefficients", help="Per-source coefficient updates: reference sign steps, Adam, or fixed at 1."
     ),
-    clip: str = typer.Option("ViT-B/32", "--clip", help="CLIP model: ViT-B/32 or RN50 (or a plugin's)."),
+    clip: Optional[str] = typer.Option(
+        None, "--clip", metavar="NAME",
+        help="CLIP model: ViT-B/32 (the default: the highest-priority registered variant), RN50 or a plugin's.",
+    ),
     clip_input: ClipInput = "raw",
     fast: bool = typer.Option(DEFAULTS.fast, "--fast", help="Render at most 256 px while optimising (approximate; CPU/MPS)."),
     batch_size: BatchSize = DEFAULTS.batch_size,
@@ -192,8 +204,8 @@ def extract(
 ):
     """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
     from ..extraction.api import ExtractionInterrupted, Extractor
-    from ..images import read_target
     from ..extraction.settings import ExtractSettings
+    from ..images import read_target
 
     settings = ExtractSettings(
         steps=steps, lr=lr, weight_decay=weight_decay, lambda_transfer=lambda_transfer,

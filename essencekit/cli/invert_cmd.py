@@ -7,8 +7,21 @@ from pathlib import Path
 import typer
 
 from .options import (
-    EACH_INPUT_EXIT_STATUSES, Aligner, Backend, BatchSize, Encoder, Faces, JsonLines, MaxPixels, NoAlign, NoCache,
-    OutputFolder, Overwrite, Recursive, SkipExisting, add_command,
+    EACH_INPUT_EXIT_STATUSES,
+    Aligner,
+    Backend,
+    BatchSize,
+    Encoder,
+    Faces,
+    JsonLines,
+    MaxPixels,
+    NoAlign,
+    NoCache,
+    OutputFolder,
+    Overwrite,
+    Recursive,
+    SkipExisting,
+    add_command,
 )
 from .output import print_note, run_with_display
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -145,7 +145,7 @@ def _licenses_accepted(pending, accept_flag: bool) -> bool:
 
 
 def pull_weights(
-    names: Optional[List[str]] = typer.Argument(None, metavar="NAME", help="Artifacts or groups (default: faces)."),
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Artifacts or groups (default: faces)."),
     all_: bool = typer.Option(False, "--all", help="Every registered artifact."),
     list_: bool = typer.Option(
         False, "--list", help="List the artifacts, their size, license and cache status (as JSON with --json)."
@@ -158,7 +158,7 @@ def pull_weights(
         file_okay=False, dir_okay=True,
     ),
     link: bool = typer.Option(False, "--link", help="With --from: hard-link instead of copying when possible."),
-    mirror: Optional[List[str]] = typer.Option(
+    mirror: Optional[list[str]] = typer.Option(
         None, "--mirror", metavar="URL", help="Try URL/<file name> first (repeatable; also ESSENCEKIT_MIRROR).",
     ),
     accept_licenses: bool = typer.Option(False, "--accept-licenses", help="Accept the licenses that require it."),

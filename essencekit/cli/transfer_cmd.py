@@ -8,10 +8,25 @@ from typing import Literal
 import typer
 
 from .options import (
-    EACH_INPUT_EXIT_STATUSES, Aligner, Backend, BatchSize, Encoder, Faces, Generator, JsonLines, MaxPixels,
-    NoAlign, NoCache, OutputFolder, Overwrite, Recursive, SkipExisting, add_command,
+    EACH_INPUT_EXIT_STATUSES,
+    Aligner,
+    Backend,
+    BatchSize,
+    Encoder,
+    Faces,
+    Generator,
+    JsonLines,
+    MaxPixels,
+    NoAlign,
+    NoCache,
+    OutputFolder,
+    Overwrite,
+    Recursive,
+    SkipExisting,
+    add_command,
 )
 from .output import print_note, run_with_display
+
 
 def transfer(
     inputs: list[str] = typer.Argument(

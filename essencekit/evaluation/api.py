@@ -278,7 +278,7 @@ class Evaluator:
         measured: list = []  # (source, face) keys in order
         failures: list[dict] = []
         grid: dict = {}
-        for index, (term, info) in enumerate(zip(terms, infos)):
+        for index, info in enumerate(infos):
             first = index == 0
             run_strengths = ([0.0] if first else []) + info.strengths
             run = self.models.transfer(

@@ -9,6 +9,7 @@ import torch
 
 from ..memory import bytes_per_image
 
+
 def plan_chunks(generator, backend, render_size: int, total: int, batch_size: int | None = None) -> tuple[int, bool]:
     """``(images per chunk, checkpoint blocks?)`` for ``total`` edited images.
 

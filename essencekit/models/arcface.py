@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -186,14 +187,14 @@ class ArcFaceIRSE(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.embedding_dim
 
-    def train(self, mode: bool = True) -> "ArcFaceIRSE":
+    def train(self, mode: bool = True) -> ArcFaceIRSE:
         """Always eval mode: the identity model is a fixed measurement."""
         return super().train(False)
 
     @classmethod
     def from_state_dict(
         cls, state_dict: Mapping[str, torch.Tensor], *, source: str = "the ArcFace state dict"
-    ) -> "ArcFaceIRSE":
+    ) -> ArcFaceIRSE:
         """Build the inferred architecture around ``state_dict``'s own tensors (strict, no
         copies of float32 weights), frozen and in eval mode."""
         config = infer_arcface_config(state_dict, source=source)

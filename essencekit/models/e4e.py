@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -230,7 +231,7 @@ class Encoder4Editing(nn.Module):
     @classmethod
     def from_state_dict(
         cls, state_dict: Mapping[str, torch.Tensor], *, source: str = "the e4e state dict"
-    ) -> "Encoder4Editing":
+    ) -> Encoder4Editing:
         """Build the inferred architecture around ``state_dict``'s own tensors (no copies)."""
         config = infer_encoder_config(state_dict, source=source)
         with torch.device("meta"):
@@ -330,12 +331,12 @@ class E4E(nn.Module):
     def input_size(self) -> int:
         return self.encoder.config.input_size
 
-    def set_modulated_conv(self, form: str) -> "E4E":
+    def set_modulated_conv(self, form: str) -> E4E:
         """Choose the embedded generator's modulated-convolution form."""
         self.generator.set_modulated_conv(form)
         return self
 
-    def configure_for(self, backend) -> "E4E":
+    def configure_for(self, backend) -> E4E:
         """Adapt the embedded generator to ``backend`` (``Backend.prepare`` calls this)."""
         self.generator.configure_for(backend)
         return self

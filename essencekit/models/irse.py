@@ -7,8 +7,9 @@ and the strict adoption of a checkpoint's tensors into modules built on the ``me
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

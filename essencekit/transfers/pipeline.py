@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from ..errors import EssencekitError
-from .concurrency import OrderedPool, ordered_map
 from ..inputs import InputFiles, Source, path_key
+from .concurrency import OrderedPool, ordered_map
 from .latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 from .naming import NameRegistry, output_name, plan_bases
 from .writing import extension, save_image
@@ -560,8 +560,8 @@ class Pipeline:
         return results
 
     def _write_latent(self, item: Item, face: FaceWork, path: Path) -> None:
-        from ..version import __version__
         from ..latents import save_w_plus
+        from ..version import __version__
 
         transform = face.face.transform.to_dict()
         save_w_plus(path, face.w, {
