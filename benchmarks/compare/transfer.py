@@ -118,7 +118,7 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="essencekit-bench-transfer-") as workdir:
         warmup, photos = workloads.prepare_photos(
             Path(workdir) / "photos", images, size=size, max_channels=max_channels, seed=seed,
-            batch_size=batch_size, device_type=chosen.device.type,
+            batch_size=batch_size, max_batch=chosen.max_batch,
         )
         for index, loop in enumerate(loops, 1):
             count = images if loop != "reference" or reference_images is None else min(images, reference_images)

@@ -54,7 +54,7 @@ def peak_memory(backend) -> dict:
     reports one (CUDA: ``max_memory_allocated`` since the last ``reset_peak_memory``), else the
     peak RSS; ``peak_kind`` says which (``"device"`` or ``"rss"``). Both raw figures come too."""
     rss = peak_rss_bytes()
-    device = backend.peak_memory() if backend.device.type != "cpu" else None
+    device = backend.peak_memory()  # None where the backend reports none (the CPU)
     return {
         "peak_rss_bytes": rss,
         "peak_device_bytes": device,

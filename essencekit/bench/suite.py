@@ -110,7 +110,7 @@ def _inversion(spec: dict) -> dict:
     size = e4e.input_size
     stream = torch.Generator().manual_seed(spec["seed"] + 5)
     images = (torch.rand(batch, 3, size, size, generator=stream) * 2 - 1).to(backend.device)
-    if backend.device.type == "cuda":  # as the transfer pipeline feeds it
+    if backend.channels_last:  # as the transfer pipeline feeds it
         images = images.contiguous(memory_format=torch.channels_last)
 
     def invert():
@@ -287,7 +287,7 @@ def run_suite(
             if name == "transfer":
                 warmup, photos = workloads.prepare_photos(
                     Path(workdir) / "photos", images, size=size, max_channels=max_channels, seed=seed,
-                    batch_size=None, device_type=chosen.device.type,
+                    batch_size=None, max_batch=chosen.max_batch,
                 )
                 spec.update(photos=[str(p) for p in photos], warmup=warmup)
             t0 = time.perf_counter()

@@ -346,11 +346,11 @@ def write_photos(folder: Path, count: int, size: int, seed: int) -> list[Path]:
 
 def prepare_photos(
     folder: Path, images: int, *, size: int, max_channels: int | None, seed: int, batch_size: int | None,
-    device_type: str,
+    max_batch: int,
 ) -> tuple[int, list[Path]]:
-    """(warm-up count, photos): one full batch to warm up (the given ``batch_size``, else 1 on the
-    CPU and 32 elsewhere) then ``images`` to time, written to ``folder``; 1024 px crops for the
+    """(warm-up count, photos): one full batch to warm up (the given ``batch_size``, else the
+    backend's ``max_batch``) then ``images`` to time, written to ``folder``; 1024 px crops for the
     full-size models, ``size`` px for the capped smoke-test ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    warmup = batch_size or (1 if device_type == "cpu" else 32)
+    warmup = batch_size or max_batch
     return warmup, write_photos(folder, warmup + images, 1024 if max_channels is None else size, seed)
