@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # and plain SSE round differently and a bound tuned on one CPU can fail on a user's.
 NUMERIC_MODULES = {
     "test_api", "test_arcface", "test_bench", "test_clip", "test_e4e", "test_evaluate",
-    "test_extract_cli", "test_extract_essence", "test_extract_losses", "test_extract_optimise",
+    "test_essence_mix", "test_extract_cli", "test_extract_essence", "test_extract_losses", "test_extract_optimise",
     "test_faces", "test_generator_speed_ops", "test_stylegan2", "test_transfer_parts",
 }
 
