@@ -25,6 +25,24 @@ def current_umask() -> int:
     return mask
 
 
+def check_output_file(path: str | os.PathLike, *, parameter: str = "output") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or under a
+    file or an unwritable folder (found out only after the work, as a bare "File exists").
+    An :class:`~essencekit.errors.OptionError` for ``parameter``."""
+    from .errors import OptionError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OptionError(f"output {path} is a folder, but the output must be a file: name a file", parameter=parameter)
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OptionError(f"output {path} cannot be written: {probe} is a file, not a folder", parameter=parameter)
+    if not os.access(probe, os.W_OK):
+        raise OptionError(f"output {path} cannot be written: {probe} is not writable", parameter=parameter)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.

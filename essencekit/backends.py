@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import EssencekitError
+from .errors import EssencekitError, OptionError
 
 if TYPE_CHECKING:  # torch loads only when a tensor is made: listing backends stays quick
     import torch
@@ -174,18 +174,28 @@ def select_backend(name: str | None = None) -> Backend:
     requested backend is unknown or unavailable here.
     """
     backends = all_backends()
+    known = ", ".join(sorted(backends)) or "none"
+    if name is not None and not name.strip():
+        # an empty --backend "" is a mistake, not a request for the automatic choice
+        raise OptionError(f"the backend name is empty; use one of {known}, or auto", parameter="device")
     if name is not None and name.strip().lower() == AUTO:
         name = None
     requested = (name or os.environ.get(ENV_BACKEND) or "").strip()
     if requested and requested.lower() != AUTO:
+        # a name given here is a bad argument (the CLI names --backend); one from the variable
+        # is a setting of the environment, which the message must point at
+        def refuse(message: str):
+            if name:
+                return OptionError(message, parameter="device")
+            return EssencekitError(message)
+
+        source = "" if name else f" (from ${ENV_BACKEND})"
         backend = _lookup(backends, requested)
         if backend is None:
-            known = ", ".join(sorted(backends)) or "none"
-            raise EssencekitError(f"unknown backend {requested!r}; registered backends: {known}, or auto")
+            raise refuse(f"unknown backend {requested!r}{source}; registered backends: {known}, or auto")
         ok, reason = backend.availability()
         if not ok:
-            source = "" if name else f" (from ${ENV_BACKEND})"
-            raise EssencekitError(f"backend {backend.name!r}{source} is not available here: {reason}")
+            raise refuse(f"backend {backend.name!r}{source} is not available here: {reason}")
         return backend
     candidates = [b for b in backends.values() if b.available]
     if not candidates:

@@ -2,7 +2,7 @@
 
 The cache root holds two things that grow: the weight artifacts ``pull-weights`` placed
 (``weights/<name>/``, laid out and recorded as :mod:`essencekit.cache` describes) and the W+
-cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.transfers.latent_cache`),
+cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.latent_cache`),
 one small file per photo ever inverted. Listing reads only file sizes and the records: a
 checkpoint is not re-hashed (``pull-weights --verify`` does that).
 """
@@ -16,10 +16,10 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
-from . import cache
+from . import cache, latent_cache
 from .errors import EssencekitError
-from .transfers import latent_cache
 
 
 @dataclass
@@ -97,8 +97,12 @@ def _total_size(paths) -> int:
     return total
 
 
-def _artifact_usage(folder: Path, registered) -> ArtifactUsage:
+def _artifact_usage(folder: Path, registered) -> Optional[ArtifactUsage]:
+    """None for a folder holding nothing but the lock file: a pull that failed before writing
+    anything leaves one, and it is not an artifact (nor worth a 0 B row)."""
     files = [p for p in _files(folder) if p.name != cache.LOCK_FILE]
+    if not files:
+        return None
     record = cache.read_record(folder.name)
     if record is not None and record.path.is_file():
         status = "ready"
@@ -118,7 +122,8 @@ def usage() -> CacheUsage:
     registered = _registered()
     weights = cache.weights_dir()
     if weights.is_dir():
-        result.artifacts = [_artifact_usage(d, registered) for d in sorted(weights.iterdir()) if d.is_dir()]
+        found = (_artifact_usage(d, registered) for d in sorted(weights.iterdir()) if d.is_dir())
+        result.artifacts = [a for a in found if a is not None]
     base = latent_cache.latents_root()
     groups: dict[tuple[str, ...], list[latent_cache.Entry]] = {}
     for entry in latent_cache.entries():
@@ -134,10 +139,10 @@ def usage() -> CacheUsage:
     return result
 
 
-def remove_artifact(name: str) -> ArtifactUsage:
-    """Delete one artifact's folder (its file, conversion, record, pin and any partial
-    download); returns what was removed. Refuses names that are not in the cache, and waits
-    for no one: an artifact ``pull-weights`` is working on is refused too."""
+def find_artifact(name: str) -> ArtifactUsage:
+    """What the cache holds of artifact ``name`` (its folder only: the latents are not
+    walked). Refuses, in one line, names that are not in the cache and folders a failed pull
+    left with nothing but a lock file."""
     weights = cache.weights_dir()
     folder = weights / name
     if not name or name in (".", "..") or Path(name).name != name or not folder.is_dir():
@@ -152,7 +157,21 @@ def remove_artifact(name: str) -> ArtifactUsage:
         raise EssencekitError(
             f"{name!r} is not in the weight cache {weights}{hint}; `essencekit cache list` shows what is"
         )
-    removed = _artifact_usage(folder, _registered())
+    found = _artifact_usage(folder, _registered())
+    if found is None:
+        raise EssencekitError(
+            f"nothing to remove for {name}: {folder} holds only the lock file of an unfinished pull"
+        )
+    return found
+
+
+def remove_artifact(name: str, found: Optional[ArtifactUsage] = None) -> ArtifactUsage:
+    """Delete one artifact's folder (its file, conversion, record, pin and any partial
+    download); returns what was removed. ``found`` is :func:`find_artifact`'s answer when the
+    caller already has it (the folder is not measured twice). Refuses names that are not in
+    the cache, and waits for no one: an artifact ``pull-weights`` is working on is refused too."""
+    removed = found if found is not None and found.name == name else find_artifact(name)
+    folder = removed.path
 
     def busy(holder: str) -> None:
         raise EssencekitError(

@@ -167,7 +167,13 @@ def _weights() -> list[Check]:
     checks = []
     for artifact in registered("weights").values():
         try:
-            checks.append(_weight_check(artifact))
+            # the main job's weights are judged as the "main job" section judges them, so the
+            # report does not call one file optional here and an error there
+            needed = artifact.name in MAIN_JOB_WEIGHTS
+            check = _weight_check(artifact, required=needed)
+            if needed and check.status != OK:
+                check.detail += f" (needed by the main job, `{MAIN_JOB}`)"
+            checks.append(check)
         except EssencekitError as error:  # e.g. a plugin's fallback names no artifact
             checks.append(Check("weights", artifact.name, ERROR, str(error)))
     return checks

@@ -414,9 +414,13 @@ class _Downloader:
                 delay = self.policy.delay(retries)
                 if retry.wait is not None:
                     delay = min(self.policy.max_backoff, max(delay, retry.wait))
+                total = self.policy.attempts
+                if retry.stalled:
+                    # a silent mirror is left after stall_retries more tries, not after `attempts`
+                    total = min(total, retries - stalls + self.policy.stall_retries + 1)
                 self.notify(
                     f"{self.label}: {_short(url)} {retry.reason}; retrying in {delay:g} s "
-                    f"(attempt {retries + 1}/{self.policy.attempts})"
+                    f"(attempt {retries + 1}/{total})"
                 )
                 self.policy.sleep(delay)
 

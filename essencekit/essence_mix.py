@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -102,7 +102,10 @@ def resolve_essence(name: str, what: str = "") -> tuple[Path, bool]:
 
 
 def load_term(spec) -> EssenceTerm:
-    """Resolve one spec (a string, a path, an :class:`Essence` or an ``(essence, weight)`` pair)."""
+    """Resolve one spec (a string, a path, an :class:`Essence`, an already loaded
+    :class:`EssenceTerm` or an ``(essence, weight)`` pair)."""
+    if isinstance(spec, EssenceTerm):
+        return replace(spec)  # as loaded, not read and hashed again; a copy, as a pair scales its weight
     if isinstance(spec, tuple) and len(spec) == 2:
         term = load_term(spec[0])
         term.weight *= float(spec[1])
@@ -137,7 +140,7 @@ class EssenceMix:
     """The essences of a run: their sum, its label (``joker+keanu``) and the edit per strength."""
 
     def __init__(self, specs):
-        if isinstance(specs, (str, os.PathLike, Essence, tuple)):
+        if isinstance(specs, (str, os.PathLike, Essence, EssenceTerm, tuple)):
             specs = [specs]
         self.terms = [load_term(spec) for spec in specs]
         if not self.terms:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import EssencekitError
+from .errors import EssencekitError, braced
 
 #: The largest photo :func:`read_image` decodes unless told otherwise: 50 megapixels. A face photo
 #: needs far less, and this still covers 8K frames (7680x4320, 33 MP) and the full-resolution
@@ -97,8 +97,8 @@ class ImageReadError(EssencekitError):
     ``"truncated"``, ``"too-large"``; ``path`` is the file.
     """
 
-    def __init__(self, path, kind: str, message: str):
-        super().__init__(message)
+    def __init__(self, path, kind: str, message: str, *, mentions: tuple[str, ...] = ()):
+        super().__init__(message, mentions=mentions)
         self.path = path
         self.kind = kind
 
@@ -204,14 +204,17 @@ def _open_header(handle, name: str, path, max_pixels: int | None) -> Image.Image
         raise ImageReadError(
             path,
             "too-large",
-            f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
-            f"{_megapixels(max_pixels)} megapixels (a possible decompression bomb); if you trust the file, raise max_pixels",
+            braced(f"{name}: {width}x{height} is {_megapixels(width * height)}, over the limit of "
+                   f"{_megapixels(max_pixels)} (a possible decompression bomb); if you trust the file, raise ")
+            + "{max_pixels}",
+            mentions=("max_pixels",),
         )
     return image
 
 
 def _megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.0f}" if pixels >= 1e6 else f"{pixels / 1e6:.2g}"
+    # exact pixels under a megapixel: a tiny limit would read as "0 megapixels"
+    return f"{pixels / 1e6:.0f} megapixels" if pixels >= 1e6 else f"{pixels} pixels"
 
 
 def _decode(handle, name: str, path, max_pixels: int | None) -> Image.Image:

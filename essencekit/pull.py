@@ -653,7 +653,10 @@ def pull(
     :func:`pull_artifact`). ``on_result`` is called as each artifact finishes.
     """
     selected = select(names, all=all)
-    check_environment()  # a bad timeout setting is said once, not once per artifact
+    # a bad timeout setting is said once, not once per artifact, but only when something will
+    # be downloaded: --from DIR and an already verified cache never read it
+    if from_dir is None and (force or any(usable_state(a).state != "verified" for a in selected)):
+        check_environment()
     mirrors = list(env_mirrors() if mirrors is None else mirrors)
     for mirror in mirrors:
         check_mirror(mirror)

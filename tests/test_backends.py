@@ -11,6 +11,7 @@ import torch
 import essencekit
 from essencekit import EssencekitError
 from essencekit.backends import all_backends, resolve_backend, select_backend
+from essencekit.errors import OptionError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -190,12 +191,14 @@ class _Plain(_Accelerator):
     io_workers = essencekit.Backend.io_workers
 
 
-def test_builtin_backends_declare_todays_device_policy(mocker, fake_cuda):
-    from essencekit.backends import available_host_memory
-
+def test_builtin_backends_declare_todays_device_policy(mocker, fake_cuda, monkeypatch):
     cpu, cuda, mps = (all_backends()[name] for name in ("cpu", "cuda", "mps"))
     assert (cpu.max_batch, cpu.io_workers(), cpu.channels_last, cpu.fast_grouped_conv) == (1, (0, 0), False, True)
-    assert cpu.memory_budget() == min(available_host_memory() // 2, 5 * 2**30)
+    # fixed readings: the host's real free memory changes between two reads
+    for available, budget in ((6 * 2**30, 3 * 2**30), (64 * 2**30, 5 * 2**30), (None, 4 * 2**30)):
+        monkeypatch.setattr("essencekit.backends.available_host_memory", lambda reading=available: reading)
+        # half of what is available, at most 5 GiB; 4 GiB where the host does not say
+        assert cpu.memory_budget() == budget
     assert (cuda.max_batch, cuda.channels_last, cuda.fast_grouped_conv) == (32, True, True)
     mocker.patch("torch.cuda.mem_get_info", return_value=(40 * 2**30, 80 * 2**30))
     assert cuda.memory_budget() == 16 * 2**30  # 60% of the free memory, at most 16 GiB
@@ -206,7 +209,7 @@ def test_builtin_backends_declare_todays_device_policy(mocker, fake_cuda):
     assert cuda.io_workers() == mps.io_workers() == _Plain().io_workers() == (4, 8)
     plain = _Plain()
     assert (plain.max_batch, plain.channels_last, plain.fast_grouped_conv) == (32, False, True)
-    assert plain.memory_budget() == cpu.memory_budget()
+    assert plain.memory_budget() == cpu.memory_budget() == 4 * 2**30  # the last reading: none
 
 
 def test_the_transfer_pipeline_and_extract_take_their_policy_from_the_backend(tiny_generator, monkeypatch):
@@ -335,3 +338,22 @@ def test_every_command_with_backend_accepts_auto_and_a_plugin_backend(
     err = capsys.readouterr().err
     assert exit_.value.code == 0, err  # was "Internal error: RuntimeError" (torch.device("cpu-1"))
     assert (cpu_1.call_count > 0) == (name == "cpu-1")  # the models went through the named backend
+
+
+@pytest.mark.parametrize("name", ["nonsense", "cuda", ""])
+def test_a_bad_backend_flag_is_a_usage_error_naming_it(name, no_gpu, tmp_path, cli):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    code, out, err = cli(["transfer", tmp_path / "a.png", "--no-align", "-e", tmp_path / "e.pt", "-o", tmp_path / "o",
+                          "--backend", name])
+    assert code == 2 and out == "" and "Invalid value for '--backend'" in err, err
+
+
+@pytest.mark.parametrize("value, message", [("nonsense", "unknown backend 'nonsense'"), ("mps", "not available")])
+def test_a_bad_backend_from_the_environment_names_the_variable(value, message, monkeypatch, no_gpu):
+    monkeypatch.setenv("ESSENCEKIT_BACKEND", value)
+    for name in (None, "auto"):
+        with pytest.raises(EssencekitError, match=rf"{message}.*\$ESSENCEKIT_BACKEND|ESSENCEKIT_BACKEND.*{message}") as caught:
+            select_backend(name)
+        assert not isinstance(caught.value, OptionError)  # not the caller's argument: exit 1

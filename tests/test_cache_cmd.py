@@ -15,7 +15,7 @@ import torch
 from essencekit import cache
 from essencekit.aligners import FaceLandmarks
 from essencekit.cli.output import human_size
-from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
+from essencekit.latent_cache import CachedFace, CacheRecord, LatentCache
 
 OLD = datetime.datetime(2020, 1, 1, 12).timestamp()
 ENCODER = "ab" * 32
@@ -128,6 +128,47 @@ def test_remove_refuses_an_artifact_pull_weights_is_working_on(filled, capsys, c
         code, _, err = cli(["cache", "remove", "e4e-ffhq", "--yes"])
     assert code == 1 and "is working on it" in " ".join(err.split())
     assert (filled["e4e"] / "e4e_ffhq_encode.safe.pt").is_file()
+
+
+def test_a_folder_left_with_only_a_lock_is_not_an_artifact(filled, capsys, cli):
+    """A pull that failed before writing anything leaves weights/<name>/.lock: no 0 B row."""
+    leftover = cache.artifact_dir("joker")
+    leftover.mkdir(parents=True)
+    (leftover / cache.LOCK_FILE).write_bytes(b"")
+    code, out, _ = cli(["cache", "list", "--json"])
+    assert code == 0 and "joker" not in {a["name"] for a in json.loads(out)["artifacts"]}
+    code, out, _ = cli(["cache", "list"])
+    assert code == 0 and "joker" not in out and "unrecorded" not in out
+    code, out, err = cli(["cache", "remove", "joker", "--yes"])
+    assert code == 1 and "nothing to remove for joker" in " ".join(err.split()) and "Removed" not in out
+
+
+def test_remove_measures_only_the_one_artifact(filled, capsys, monkeypatch, cli):
+    from essencekit import cache_admin, latent_cache
+
+    def no_walk():
+        raise AssertionError("cache remove walked the W+ cache")
+
+    measured = []
+    real = cache_admin._artifact_usage
+    monkeypatch.setattr(latent_cache, "entries", no_walk)
+    monkeypatch.setattr(cache_admin, "_artifact_usage", lambda *a: measured.append(a[0]) or real(*a))
+    monkeypatch.setattr(sys, "stdin", _Terminal("y\n"))
+    code, out, err = cli(["cache", "remove", "e4e-ffhq"])
+    assert code == 0 and "Removed e4e-ffhq" in out, err
+    assert measured == [filled["e4e"]]  # once, for the question and the report
+
+
+def test_prune_refuses_a_day_after_today_and_loose_dates(filled, capsys, cli):
+    for value, expected in (("2099-01-01", "after today"), ("20210101", "YYYY-MM-DD"), ("2021-1-1", "YYYY-MM-DD"),
+                            ("2021-02-30", "YYYY-MM-DD")):
+        code, _, err = cli(["cache", "prune", "--older-than", value])
+        assert code == 2 and expected in " ".join(err.split()), value
+    assert filled["old"].is_file() and filled["new"].is_file()  # nothing was pruned
+    tomorrow = (datetime.date.today() + datetime.timedelta(days=1)).isoformat()
+    assert cli(["cache", "prune", "--older-than", tomorrow])[0] == 2
+    code, out, _ = cli(["cache", "prune", "--older-than", datetime.date.today().isoformat(), "--dry-run", "--json"])
+    assert code == 0 and json.loads(out)["entries"] == 1  # today is fine: only the 2020 record is older
 
 
 def test_prune_removes_w_records_unused_since_a_date(filled, capsys, cli):

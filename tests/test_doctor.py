@@ -92,6 +92,16 @@ def test_an_empty_cache_is_not_ready_and_names_the_command_that_fixes_it(capsys)
     assert code == 1 and JOB_FIX in out and out.rstrip().endswith("not ready (each ERROR line says what to do)")
 
 
+def test_the_weights_section_agrees_with_the_main_job(capsys):
+    # an empty cache: joker is not "optional" nor e4e-ffhq a mere warning while the job fails
+    code, out = _doctor(capsys, "--json")
+    _, checks = _checks(out)
+    for name in ("e4e-ffhq", "joker"):
+        weights, job = checks[("weights", name)], checks[("main job", name)]
+        assert weights["status"] == job["status"] == "error", name
+        assert "optional" not in weights["detail"] and "needed by the main job" in weights["detail"], name
+
+
 def test_one_missing_weight_is_named_alone(capsys, job_ready):
     from essencekit import cache
 

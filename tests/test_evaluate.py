@@ -182,8 +182,15 @@ def test_evaluation_measures_what_the_paper_measures(setup):
     assert result.essences[0].target_face == "centre crop"
 
 
-def test_default_strengths_max_sources_and_json(setup):
+def test_default_strengths_max_sources_and_json(setup, mocker):
+    from essencekit import cache, essence_mix
+
+    loaded, hashed = mocker.spy(essence_mix, "load_essence"), mocker.spy(cache, "sha256_file")
     result = _evaluate(setup, strengths=None, max_sources=2)
+    # each essence file is read and hashed once: its transfer runs reuse what was loaded
+    assert loaded.call_count == 2
+    assert sorted(c.args[0] for c in hashed.call_args_list if c.args[0] in setup.essences.values()) == sorted(
+        Path(p) for p in (setup.essences["alpha"], setup.essences["beta"]))
     assert [r.strength for r in result.rows if r.essence == "alpha"] == [0.0, 0.5, 1.0, 1.5]
     assert len(result.sources) == 2
     data = json.loads(json.dumps(result.to_json()))

@@ -157,6 +157,7 @@ def test_ctrl_c_before_any_step_writes_nothing(setup, capsys, monkeypatch, cli):
         (["--seed", "-3"], "--seed"),
         (["--lambda-transfer", "0", "--lambda-consistency", "0"], "nothing to optimise"),
         (["-o", "out/x.npy"], "written as .pt or .safetensors"),
+        (["-o", "target.png/x.pt"], "target.png is a file, not a folder"),  # refused before the run, not after
         (["--preview", "out/grid.jpg"], ".png"),
         (["--sources", "nowhere.npy"], "no such file or folder"),
     ],

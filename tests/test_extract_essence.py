@@ -163,3 +163,12 @@ def test_export_writes_the_published_npy(essence, tmp_path, capsys, cli):
     assert code == 0 and torch.equal(load_essence(tmp_path / "back.safetensors").direction, essence.direction)
     code, _, err = cli(["export", source, tmp_path / "out.txt"])
     assert code == 2 and "Invalid value for 'OUT': unknown essence format" in err and not (tmp_path / "out.txt").exists()
+
+
+def test_export_refuses_an_output_under_a_file_before_reading(essence, tmp_path, capsys, cli, monkeypatch):
+    import essencekit.essence
+
+    source = essence.save(tmp_path / "e.pt")
+    monkeypatch.setattr(essencekit.essence, "load_essence", lambda *a, **k: pytest.fail("read before the check"))
+    code, out, err = cli(["export", source, source / "x.npy"])
+    assert code == 2 and out == "" and "Invalid value for 'OUT'" in err and f"{source} is a file, not a folder" in err

@@ -311,8 +311,8 @@ def test_the_pixel_limit_holds_for_a_cached_result_too(bomb_12k, cached, tmp_pat
 
     from essencekit.cache import sha256_file
     from essencekit.faces import face_from_aligned_crop
+    from essencekit.latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
     from essencekit.transfers import Transferrer
-    from essencekit.transfers.latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 
     models = Transferrer(encoder=FIXTURES / "tiny-e4e.pt", device="cpu")
     generator = models.generator

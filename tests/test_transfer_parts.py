@@ -14,8 +14,8 @@ from PIL import Image
 
 from essencekit import FaceLandmarks
 from essencekit.errors import OptionError
+from essencekit.latent_cache import CachedFace, CacheRecord, LatentCache
 from essencekit.transfers import concurrency, layers, naming, writing
-from essencekit.transfers.latent_cache import CachedFace, CacheRecord, LatentCache
 
 # --------------------------------------------------------------------------- --layers
 

@@ -181,7 +181,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(photos, essence_files, tmp_
     assert "0 bytes" in reasons["empty.jpg"]
     assert "not an image" in reasons["text.png"]
     assert "truncated" in reasons["truncated.png"]
-    assert "2000x1000" in reasons["huge.png"] and "raise max_pixels" in reasons["huge.png"]
+    assert "2000x1000" in reasons["huge.png"] and "raise --max-pixels" in reasons["huge.png"]
     assert "face too small to invert: 85 px" in reasons["small.png"]
     assert "no face found" in reasons["wall.png"]
     assert "1 files written" in stderr and "6 failed" in stderr
@@ -357,3 +357,83 @@ def test_background_readers_and_writers_give_the_same_results_in_order(models, c
     inline, threaded = images(0), images(2)
     assert [r[:2] for r in threaded] == [r[:2] for r in inline]
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(inline, threaded))
+
+
+def test_each_photo_header_is_opened_once(models, crops, mocker):
+    """One Image.open per photo, whether the photo is decoded or only its size checked for a
+    cached result: the cache is asked first, so the header is never parsed twice."""
+    from PIL import Image as PILImage
+
+    from essencekit.models.e4e import E4E as E4EModel
+
+    opened = mocker.spy(PILImage, "open")
+    uncached = list(models.invert(crops, align=False, cache=False))
+    assert [r.status for r in uncached] == ["done"] * 3 and opened.call_count == 3
+    list(models.invert(crops, align=False))  # fills the cache
+    opened.reset_mock()
+    invert = mocker.spy(E4EModel, "invert")
+    cached = list(models.invert(crops, align=False))
+    assert [r.status for r in cached] == ["done"] * 3 and opened.call_count == 3
+    assert invert.call_count == 0  # the cache answered: only the headers were read, for the limit
+
+
+def test_the_automatic_batch_size_is_measured_once_and_used(models, crops, essence_files, monkeypatch, mocker):
+    """The automatic size depends on free device memory: asked twice, it could differ, so the
+    run reports the size it really uses."""
+    from essencekit.transfers import pipeline
+
+    sizes = iter([2, 3])
+    monkeypatch.setattr(pipeline, "auto_batch_size", lambda generator, backend: next(sizes))
+    compute = mocker.spy(pipeline.Pipeline, "compute")
+    run = models.transfer(crops, str(essence_files["tiny"]), 0, align=False, cache=False)
+    assert run.batch_size == 2
+    assert [r.status for r in run] == ["done"] * 3
+    assert {call.args[2] for call in compute.call_args_list} == {2}
+    assert next(sizes) == 3  # not asked a second time
+
+
+def test_hints_name_flags_on_the_command_line_and_parameters_in_python(crops, essence_files, tmp_path, capsys, cli):
+    from essencekit.errors import EssencekitError, OptionError
+    from essencekit.transfers import Transferrer
+
+    out = tmp_path / "out"
+    base = ["transfer", "--no-align", "-e", essence_files["tiny"], "--encoder", E4E, "--backend", "cpu"]
+    # a per-input failure: over the pixel limit, the hint names the flag (and the limit exactly)
+    code, stdout, stderr = cli([*base, crops / "c1.png", "-o", out, "--max-pixels", 100, "--json"])
+    [line] = _lines(stdout)
+    assert code == 1 and "96x96 is 9216 pixels, over the limit of 100 pixels" in line["reason"]
+    assert line["reason"].endswith("raise --max-pixels") and "raise --max-pixels" in stderr
+    # outputs already there, before any work
+    assert cli([*base, crops / "c1.png", "-o", out])[0] == 0
+    code, _, stderr = cli([*base, crops / "c1.png", "-o", out])
+    assert code == 1 and "use --overwrite to replace them or --skip-existing to keep them" in stderr
+    code, _, stderr = cli([*base, crops / "c1.png", "-o", out, "--overwrite", "--skip-existing"])
+    assert code == 2 and "--overwrite and --skip-existing exclude each other" in stderr
+    # an output that would replace its input
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c1_tiny.png").write_bytes((crops / "c1.png").read_bytes())
+    (tmp_path / "in" / "c1.png").write_bytes((crops / "c1.png").read_bytes())
+    code, _, stderr = cli([*base, tmp_path / "in" / "c1.png", tmp_path / "in" / "c1_tiny.png", "-o", tmp_path / "in",
+                           "--overwrite"])
+    assert code == 1 and "whatever --overwrite says" in stderr
+    # sources only in sub-folders
+    (tmp_path / "deep" / "sub").mkdir(parents=True)
+    (tmp_path / "deep" / "sub" / "c1.png").write_bytes((crops / "c1.png").read_bytes())
+    code, _, stderr = cli([*base, tmp_path / "deep", "-o", out])
+    assert code == 1 and "use --recursive to look into 1 sub-folder(s)" in stderr
+
+    models = Transferrer(encoder=E4E, device="cpu")
+    with pytest.raises(OptionError, match="^overwrite and skip_existing exclude each other$"):
+        models.transfer(crops / "c1.png", str(essence_files["tiny"]), output=out, overwrite=True, skip_existing=True)
+    with pytest.raises(EssencekitError, match="use overwrite to replace them or skip_existing to keep them"):
+        models.transfer(crops / "c1.png", str(essence_files["tiny"]), output=out, align=False)
+    with pytest.raises(EssencekitError, match=r"use recursive to look into 1 sub-folder\(s\)\)$"):
+        models.transfer(tmp_path / "deep", str(essence_files["tiny"]), output=out, align=False)
+    [result] = models.transfer(crops / "c2.png", str(essence_files["tiny"]), align=False, max_pixels=100)
+    assert result.reason.endswith("raise max_pixels") and "--" not in result.reason
+
+
+def test_a_negative_pixel_limit_is_refused(crops, essence_files, capsys, cli):
+    code, _, err = cli(["transfer", crops / "c1.png", "--no-align", "-e", essence_files["tiny"], "--encoder", E4E,
+                        "--backend", "cpu", "--max-pixels", "-1"])
+    assert code == 2 and "Invalid value for '--max-pixels'" in err and "got -1" in err

@@ -7,6 +7,7 @@ Results go to stdout, progress and logs to stderr.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import os
 import re
@@ -17,7 +18,7 @@ import click
 import typer
 from rich.markup import escape
 
-from ..errors import EssencekitError, OptionError
+from ..errors import EssencekitError, Message, OptionError
 from .options import command_help
 from .output import err, print_error
 
@@ -195,12 +196,37 @@ def shell_from_environment(command) -> None:
             param.callback = with_fallback(param.callback)
 
 
+# the innermost command being invoked, for in_flags (Typer's vendored Click keeps its own
+# context stack, out of reach of click.get_current_context)
+_running: contextvars.ContextVar = contextvars.ContextVar("essencekit_command", default=None)
+
+# library parameters whose option the commands name otherwise (the API's device= is --backend)
+_ALIASES = {"device": ("backend",)}
+
+
 def _flag_of(command, parameter: str):
     """The option or argument of ``command`` that feeds the library's ``parameter``: named as it
     is, with the ``_`` that keeps a Python keyword free (``format_``), or negated (``no_cache``
-    for ``cache``). ``None`` when the command has none."""
-    names = (parameter, f"{parameter}_", f"no_{parameter}")
+    for ``cache``), or as :data:`_ALIASES` says. ``None`` when the command has none."""
+    names = (parameter, f"{parameter}_", f"no_{parameter}", *_ALIASES.get(parameter, ()))
     return next((param for param in command.params if param.name in names), None)
+
+
+def _flag_name(command, parameter: str) -> str:
+    """How a user of ``command`` sets ``parameter``: its flag (``--overwrite``), else the name."""
+    param = _flag_of(command, parameter) if command is not None else None
+    flags = [opt for opt in getattr(param, "opts", ()) if opt.startswith("--")]
+    return flags[0] if flags else parameter
+
+
+def in_flags(text: str, command=None) -> str:
+    """``text`` with the parameters a :class:`~essencekit.errors.Message` mentions named as
+    ``command``'s flags (the command being run by default): the library speaks Python names,
+    a CLI user can only type flags."""
+    if not isinstance(text, Message):
+        return text
+    command = command if command is not None else _running.get()
+    return text.render(lambda parameter: _flag_name(command, parameter))
 
 
 def option_errors_as_usage_errors(command) -> None:
@@ -213,10 +239,19 @@ def option_errors_as_usage_errors(command) -> None:
     invoke = command.invoke
 
     def run(ctx):
+        token = _running.set(command)
         try:
             return invoke(ctx)
         except OptionError as error:
-            raise typer.BadParameter(str(error), ctx=ctx, param=_flag_of(command, error.parameter)) from None
+            raise typer.BadParameter(in_flags(str(error), command), ctx=ctx, param=_flag_of(command, error.parameter)) from None
+        except EssencekitError as error:
+            message = str(error)
+            if not isinstance(message, Message):
+                raise
+            # rendered here, while the command is known: _run prints str(error) as it is
+            raise EssencekitError(in_flags(message, command)) from error
+        finally:
+            _running.reset(token)
 
     command.invoke = run
 

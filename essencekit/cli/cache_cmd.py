@@ -6,6 +6,7 @@ A thin layer over :mod:`essencekit.cache_admin`.
 from __future__ import annotations
 
 import datetime
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -70,17 +71,18 @@ def remove(
     cache_dir: CacheDir = None,
 ):
     """Delete one weight artifact from the cache (`pull-weights NAME` fetches it again)."""
-    from ..cache_admin import remove_artifact, usage
+    from ..cache_admin import find_artifact, remove_artifact
 
     with _root(cache_dir):
-        target = next((a for a in usage().artifacts if a.name == name), None)
-        if target is not None and not yes:
+        # measured once, for the question and the report (an unknown name is refused here)
+        target = find_artifact(name)
+        if not yes:
             if not sys.stdin.isatty():
                 raise EssencekitError(f"removing {name} needs confirmation: pass --yes (no terminal to ask on)")
             if not typer.confirm(f"Remove {name} ({human_size(target.size)}, {target.path})?", default=False, err=True):
                 err.print("Nothing removed.")
                 raise typer.Exit(1)
-        removed = remove_artifact(name)  # an unknown name is refused here, with what is there
+        removed = remove_artifact(name, target)
     if json_:
         print_json({"removed": name, "path": str(removed.path), "size": removed.size, "files": removed.files})
     else:
@@ -89,10 +91,18 @@ def remove(
 
 
 def _date(value: str) -> datetime.date:
+    # strptime, not date.fromisoformat: Python 3.11's also takes 20250131 or 2025-W05, 3.10's
+    # does not, and the help promises one format everywhere
     try:
-        return datetime.date.fromisoformat(value)
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        day = datetime.datetime.strptime(value, "%Y-%m-%d").date()
     except (TypeError, ValueError):
         raise typer.BadParameter(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2025-01-31") from None
+    if day > datetime.date.today():
+        # every record was last used before a future day: a typo here would empty the W+ cache
+        raise typer.BadParameter(f"{value} is after today; give a day up to {datetime.date.today().isoformat()}")
+    return day
 
 
 def prune(

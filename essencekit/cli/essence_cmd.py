@@ -79,6 +79,7 @@ def export(
     overwrite: Overwrite = False,
 ):
     """Write an essence in another format; OUT.npy is the published TargetCLIP format ((1, 18, 512) float32)."""
+    from ..atomic import check_output_file
     from ..errors import EssencekitError, OptionError
     from ..essence import SUFFIXES, load_essence
     from ..essence_mix import resolve_essence
@@ -88,6 +89,7 @@ def export(
             f"unknown essence format {output.suffix!r} for {output}; use one of {', '.join(SUFFIXES)}",
             parameter="output",
         )
+    check_output_file(output)  # before reading the essence, which may mean a download
     if output.exists() and not overwrite:
         raise EssencekitError(f"{output} already exists; pass --overwrite to replace it")
     loaded = load_essence(resolve_essence(essence)[0])

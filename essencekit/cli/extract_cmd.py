@@ -29,6 +29,7 @@ ESSENCE_SUFFIXES = (".pt", ".safetensors")
 
 def _plan_outputs(targets: list[Path], output: Path | None, preview: Path | None, overwrite: bool):
     """(essence path, preview path or None) per target; refuses clashes and existing files."""
+    from ..atomic import check_output_file
     from ..errors import EssencekitError, OptionError
 
     if len(targets) == 1 and (output is None or output.suffix):
@@ -59,13 +60,9 @@ def _plan_outputs(targets: list[Path], output: Path | None, preview: Path | None
             raise EssencekitError(f"two outputs would be written to {path} (targets with the same name?); "
                                   "rename a target or use separate runs")
         seen[key] = index
-        if path.exists() and not overwrite:
+        if path.exists() and not overwrite and not path.is_dir():
             raise EssencekitError(f"{path} already exists; pass --overwrite to replace it")
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not os.access(parent, os.W_OK):
-            raise EssencekitError(f"cannot write {path}: {parent} is not writable")
+        check_output_file(path, parameter="output" if index < len(paths) else "preview")
     return paths, previews
 
 

@@ -173,6 +173,9 @@ class RunDisplay:
             self.progress.__exit__(*exc)
 
     def add(self, result) -> None:
+        from . import in_flags
+
+        result.reason = in_flags(result.reason)  # a hint naming a parameter names the flag instead
         self.counts[result.status] = self.counts.get(result.status, 0) + 1
         if self.json_lines:
             sys.stdout.write(json.dumps(result.to_json()) + "\n")

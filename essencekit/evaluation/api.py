@@ -282,7 +282,7 @@ class Evaluator:
             first = index == 0
             run_strengths = ([0.0] if first else []) + info.strengths
             run = self.models.transfer(
-                source_items, essences[index], run_strengths, crops=True, output=None, align=align,
+                source_items, terms[index], run_strengths, crops=True, output=None, align=align,
                 batch_size=batch_size, cache=cache,
             )
             for result in run:

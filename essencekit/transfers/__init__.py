@@ -3,12 +3,12 @@ W+ latent files (``essencekit invert``).
 
 ``essencekit.transfer(inputs, essence, ...)`` (:func:`essencekit.transfers.api.transfer`) yields
 one result per output or failure; :func:`essencekit.transfers.api.invert` does the same for W+
-files. The pieces, one job each: :mod:`.latent_cache` (the W+ cache), :mod:`.layers`
-(``--layers``), :mod:`.naming` (output names), :mod:`.writing` (image files with metadata),
-:mod:`.concurrency` (bounded, ordered background work), :mod:`.pipeline` (the batched run) and
+files. The pieces, one job each: :mod:`.layers` (``--layers``), :mod:`.naming` (output names),
+:mod:`.writing` (image files with metadata), :mod:`.concurrency` (bounded, ordered background work), :mod:`.pipeline` (the batched run) and
 :mod:`.api` (models and the public functions). What other commands share lives in the shared
 layer: :mod:`essencekit.inputs` (files, folders, globs), :mod:`essencekit.latents` (W+ latent
-files), :mod:`essencekit.essence_mix` (``NAME_OR_PATH[@WEIGHT]`` and their sum) and
+files), :mod:`essencekit.latent_cache` (the W+ cache, which ``essencekit cache`` manages too),
+:mod:`essencekit.essence_mix` (``NAME_OR_PATH[@WEIGHT]`` and their sum) and
 :mod:`essencekit.images` (photos, contact sheets). docs/transfer.md describes the command.
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EssencekitError, OptionError
+from ..errors import EssencekitError, OptionError, braced
 from ..images import DEFAULT_MAX_PIXELS
 from .pipeline import Pipeline, Result, Settings
 from .writing import FORMATS
@@ -43,7 +43,7 @@ class Run:
         if self._started:
             raise RuntimeError("a transfer run can be iterated only once; start another run")
         self._started = True
-        return self.pipeline.run(self.items)
+        return self.pipeline.run(self.items, self.batch_size)
 
     def __len__(self) -> int:
         return self.total
@@ -185,12 +185,17 @@ class Transferrer:
     @staticmethod
     def _settings(mode: str, output, **options) -> Settings:
         if options.get("overwrite") and options.get("skip_existing"):
-            raise OptionError("overwrite and skip_existing exclude each other", parameter="skip_existing")
+            raise OptionError(
+                "{overwrite} and {skip_existing} exclude each other", parameter="skip_existing",
+                mentions=("overwrite", "skip_existing"),
+            )
         batch_size = options.get("batch_size")
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise OptionError(f"batch_size must be at least 1, got {batch_size}", parameter="batch_size")
         max_pixels = options.get("max_pixels")
-        if max_pixels is not None and int(max_pixels) <= 0:
+        if max_pixels is not None and int(max_pixels) < 0:  # only 0 means no limit: -1 is more likely a slip
+            raise OptionError(f"max_pixels must be 0 (no limit) or more, got {max_pixels}", parameter="max_pixels")
+        if max_pixels is not None and int(max_pixels) == 0:
             options["max_pixels"] = None
         if output is not None:
             _check_output_folder(Path(output))
@@ -205,8 +210,9 @@ class Transferrer:
         if not sources:
             raise EssencekitError(
                 "no photos or W+ latent files found in the given sources"
-                + (f": {skipped}" if skipped else "")
-                + (f" (set recursive to look into {sources.subfolders} sub-folder(s))" if sources.subfolders else "")
+                + (f": {braced(skipped)}" if skipped else "")
+                + (f" (use {{recursive}} to look into {sources.subfolders} sub-folder(s))" if sources.subfolders else ""),
+                mentions=("recursive",),
             )
         if skipped:
             self.notify(skipped)

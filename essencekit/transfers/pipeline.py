@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import EssencekitError
+from ..errors import EssencekitError, Message, braced
 from ..inputs import InputFiles, Source, path_key
+from ..latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 from .concurrency import OrderedPool, ordered_map
-from .latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 from .naming import NameRegistry, output_name, plan_bases
 from .writing import extension, save_image
 
@@ -203,8 +203,9 @@ class Pipeline:
         if existing and not (s.overwrite or s.skip_existing):
             more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
             raise EssencekitError(
-                f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}; set overwrite to replace "
-                "them or skip_existing to keep them (and resume an interrupted run)"
+                braced(f"{existing[0]}{more} already exist{'s' if len(existing) == 1 else ''}")
+                + "; use {overwrite} to replace them or {skip_existing} to keep them (and resume an interrupted run)",
+                mentions=("overwrite", "skip_existing"),
             )
         images = any(src.kind == "image" and not src.error for src in sources)
         if images:
@@ -223,7 +224,7 @@ class Pipeline:
 
     def _clash(self, item: Item) -> str:
         """Why an output of ``item`` (planned, else any it could get once its faces are known)
-        would replace an input file, or ``""``. Checked whatever --overwrite and
+        would replace an input file (a :class:`Message`), or ``""``. Checked whatever --overwrite and
         --skip-existing say: a run must never destroy what it reads."""
         out = self.settings.output
         if out is None or item.source.error:
@@ -253,15 +254,16 @@ class Pipeline:
         if not pairs:
             return ""
         path, source = pairs[0]
-        return (
-            f"{path} would overwrite the input file {source}: outputs never replace inputs, whatever overwrite "
-            "says; choose another output folder (-o) or move the input"
+        return Message(
+            braced(f"{path} would overwrite the input file {source}")
+            + ": outputs never replace inputs, whatever {overwrite} says; choose another output folder (-o) or move the input",
+            ("overwrite",),
         )
 
     def _refuse_input_clash(self, item: Item) -> None:
         reason = self._clash(item)
         if reason:
-            raise EssencekitError(reason + " (nothing was written)")
+            raise EssencekitError(reason.template + " (nothing was written)", mentions=reason.mentions)
 
     def batch_size(self) -> int:
         if self.settings.batch_size:
@@ -342,20 +344,23 @@ class Pipeline:
 
         s = self.settings
         path = item.source.path
-        if s.max_pixels is not None:  # from the header, before the cache: a cached result must not skip the limit
-            check_image_size(path, max_pixels=s.max_pixels)
+        # hashing decodes nothing, so the cache is asked first; the header is then opened once,
+        # by read_image when the photo is needed, else by check_image_size: either way the pixel
+        # limit holds, for a cached result too
         item.sha256 = sha256_file(path) if path.is_file() and path.stat().st_size else ""
         mode = s.faces if s.align else NO_ALIGN
         record = self.cache.load(item.sha256) if self.cache is not None and item.sha256 else None
         usable = record is not None and record.covers(mode)
         wanted = [f for f in record.faces if mode == "all" or f.index == 0] if usable else []
-        if usable and not wanted:
-            raise EssencekitError(self._no_face_message(item.source, record.rejected))
         needs_photo = (
             not usable or any(f.index not in record.latents for f in wanted) or s.grid
             or (s.mode == "transfer" and not s.crops)
         )
         photo = read_image(path, max_pixels=s.max_pixels) if needs_photo else None
+        if photo is None and s.max_pixels is not None:
+            check_image_size(path, max_pixels=s.max_pixels)
+        if usable and not wanted:
+            raise EssencekitError(self._no_face_message(item.source, record.rejected))
         if usable:
             faces = [self._cached_face(f, record, photo) for f in wanted]
             item.notes = [r["message"] for r in record.rejected if r.get("reason") == "too-small"]
@@ -574,9 +579,10 @@ class Pipeline:
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self, items: list[Item]) -> Iterator[Result]:
+    def run(self, items: list[Item], batch_size: int) -> Iterator[Result]:
+        """``batch_size`` comes from the caller (:meth:`batch_size`, once per run): the automatic
+        size depends on the device's free memory, so asking again could give another."""
         s = self.settings
-        batch_size = self.batch_size()
         readers, writers = self.models.backend.io_workers() if s.workers is None else (s.workers, s.workers)
         prepared = ordered_map(self.prepare, items, readers, 2 * batch_size, "essencekit-read")
         # room for a whole batch behind the one being written, so the device never waits on the disk
@@ -603,7 +609,10 @@ class Pipeline:
                     if not item.failure and self.settings.output is not None and not (s.overwrite or s.skip_existing):
                         clash = next((o.path for o in item.outputs if o.exists), None)
                         if clash is not None:
-                            item.failure = f"{clash} already exists; set overwrite or skip_existing"
+                            item.failure = Message(
+                                braced(f"{clash} already exists") + "; use {overwrite} or {skip_existing}",
+                                ("overwrite", "skip_existing"),
+                            )
                 # items that need no work wait behind the batch, so results keep the input order
                 batch.append(item)
                 if not item.done:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..aligners import FaceLandmarks
-from ..atomic import atomic_path
+from .aligners import FaceLandmarks
+from .atomic import atomic_path
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `essencekit cache` needs none
     from torch import Tensor
@@ -123,7 +123,7 @@ class LatentCache:
 
 def latents_root(root: Path | None = None) -> Path:
     """The folder of the W+ cache, every recipe version and encoder: ``<cache root>/latents``."""
-    from ..cache import cache_root
+    from .cache import cache_root
 
     return (Path(root) if root is not None else cache_root()) / LATENTS_DIR
 
@@ -163,7 +163,7 @@ def prune(before: float, *, dry_run: bool = False, root: Path | None = None) -> 
         except FileNotFoundError:
             continue
         except OSError as error:
-            from ..cache import write_error
+            from .cache import write_error
 
             raise write_error(error, entry.path) from None
         removed.append(entry)
