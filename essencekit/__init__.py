@@ -1,6 +1,7 @@
 """essencekit: image-based CLIP-guided essence transfer (TargetCLIP) on StyleGAN2.
 
-The public API: :func:`extract` (an essence by optimisation), :func:`transfer`,
+The public API: :func:`extract` (an essence by optimisation), :func:`train_encoder` and
+:func:`extract_with_encoder` (the encoder variant: an essence in one forward pass), :func:`transfer`,
 :func:`evaluate` (the paper's measures), :func:`load_essence`,
 :func:`load_generator`, :func:`load_encoder`, :func:`load_clip`,
 :func:`load_identity_model`, the
@@ -32,6 +33,7 @@ __all__ = [
     "WeightArtifact",
     "__version__",
     "extract",
+    "extract_with_encoder",
     "hookimpl",
     "invert",
     "transfer",
@@ -42,10 +44,13 @@ __all__ = [
     "load_generator",
     "load_identity_model",
     "select_backend",
+    "train_encoder",
 ]
 
 _LAZY = {
     "extract": ("essencekit.extraction.api", "extract"),
+    "extract_with_encoder": ("essencekit.extraction.encoder_method", "extract_with_encoder"),
+    "train_encoder": ("essencekit.training.api", "train_encoder"),
     "load_essence": ("essencekit.essence", "load_essence"),
     "load_clip": ("essencekit.api", "load_clip"),
     "load_encoder": ("essencekit.api", "load_encoder"),

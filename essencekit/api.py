@@ -32,17 +32,25 @@ def load_generator(path: str | os.PathLike | None = None, device: DeviceLike = N
 
 
 def load_encoder(path: str | os.PathLike | None = None, device: DeviceLike = None):
-    """Load an e4e checkpoint (encoder and its embedded generator) onto a backend.
+    """Load an encoder checkpoint onto a backend: an e4e inversion checkpoint, or an essence
+    encoder trained by ``essencekit train-encoder``.
 
-    ``path`` is a checkpoint file or an artifact name (default ``e4e-ffhq``). Returns a
-    frozen :class:`essencekit.models.e4e.E4E` with ``invert(images)``, ``latent_avg`` and
-    ``generator``.
+    ``path`` is a checkpoint file or an artifact name (default ``e4e-ffhq``). An e4e
+    checkpoint gives a frozen :class:`essencekit.models.e4e.E4E` with ``invert(images)``,
+    ``latent_avg`` and ``generator``; an essence encoder (a run's ``best.pt``) gives an
+    :class:`essencekit.essence_encoder.EssenceEncoder` whose ``directions(images)`` are the
+    targets' essences. Either is read with ``weights_only=True``: a checkpoint cannot run code.
     """
-    from .models.e4e import load_encoder_checkpoint
+    from .checkpoints import load_checkpoint
+    from .essence_encoder import check_encoder_checkpoint, encoder_from_checkpoint, is_essence_encoder_checkpoint
+    from .models.e4e import e4e_from_checkpoint
 
     backend = resolve_backend(device)
-    encoder = load_encoder_checkpoint(resolve_weights(path, DEFAULT_ENCODER))
-    return backend.prepare(encoder)
+    resolved = resolve_weights(path, DEFAULT_ENCODER)
+    loaded = load_checkpoint(resolved, what="encoder checkpoint")
+    if is_essence_encoder_checkpoint(loaded):
+        return backend.prepare(encoder_from_checkpoint(check_encoder_checkpoint(loaded, resolved), str(resolved)))
+    return backend.prepare(e4e_from_checkpoint(loaded, resolved))
 
 
 def load_identity_model(path: str | os.PathLike | None = None, device: DeviceLike = None):

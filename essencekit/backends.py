@@ -54,11 +54,19 @@ class Backend(abc.ABC):
     * :meth:`memory_budget` (half the available host memory, at most 5 GiB): the bytes the
       images of one pass may take, from which batch sizes follow;
     * :meth:`io_workers` (threads from the core count): background readers and writers;
+    * :meth:`compute_threads` (None): the models' threads beside those readers and writers,
+      and :meth:`inference_session`, the settings a transfer or invert run computes under;
     * ``channels_last`` (False): models and inputs in the channels-last memory format;
     * ``autocast_dtype`` (``torch.float32``, none): the reduced precision of autocast regions;
     * ``fast_grouped_conv`` (True): whether grouped convolutions (``groups > 1``) run about as
       fast as one dense convolution doing the same work; models with a grouped and a dense
-      form of a layer pick the dense one where they do not.
+      form of a layer pick the dense one where they do not;
+    * ``process_group_backend`` ("gloo"): torch.distributed's communication library between
+      the processes ``torchrun`` starts on this kind of device ("nccl" for CUDA);
+    * ``device_per_process`` (False): whether each of those processes on one machine takes
+      its own device (``cuda:LOCAL_RANK``) or they all share :attr:`device` (the CPU);
+    * :meth:`threads_per_process` (None): CPU threads for each of several processes sharing
+      one machine, so that they do not oversubscribe its cores.
     """
 
     name: str = ""
@@ -67,6 +75,8 @@ class Backend(abc.ABC):
     max_batch: int = 32
     channels_last: bool = False
     fast_grouped_conv: bool = True
+    process_group_backend: str = "gloo"
+    device_per_process: bool = False
 
     @abc.abstractmethod
     def availability(self) -> tuple[bool, str]:
@@ -98,6 +108,45 @@ class Backend(abc.ABC):
         enough writers to keep up (a 1024 px PNG takes about 0.1 s to encode)."""
         cores = os.cpu_count() or 2
         return max(1, min(4, cores // 4)), max(1, min(8, cores // 2))
+
+    def compute_threads(self, io_threads: int) -> int | None:
+        """Intra-op CPU threads for the models while ``io_threads`` reader and writer threads
+        run beside them; ``None`` leaves torch's setting (a device that does not compute on the
+        host's cores shares nothing with those threads)."""
+        return None
+
+    @contextlib.contextmanager
+    def inference_session(self, io_threads: int = 0):
+        """The process settings of a run of same-shaped inference passes (``transfer`` and
+        ``invert``), undone when the block ends: the threads of :meth:`compute_threads`, and
+        whatever else a backend wants there (the cpu backend's allocator settings)."""
+        threads = self.compute_threads(io_threads)
+        if threads is None:
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def threads_per_process(self, local_processes: int) -> int | None:
+        """Intra-op CPU threads for each of ``local_processes`` processes on this machine;
+        ``None`` leaves torch's own choice (a device that does not compute on the host's
+        cores needs no split)."""
+        return None
+
+    def for_local_rank(self, local_rank: int) -> Backend:
+        """The backend process ``local_rank`` of a ``torchrun`` job uses on its machine: pinned
+        to device ``local_rank`` when :attr:`device_per_process`, else this one."""
+        if not self.device_per_process:
+            return self
+        import torch
+
+        return _pin(self, torch.device(self.device.type, local_rank))
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move ``model`` to the device (channels-last when :attr:`channels_last`) and return it.

@@ -1,9 +1,10 @@
 """What is in the cache, and removing parts of it (``essencekit cache``).
 
-The cache root holds two things that grow: the weight artifacts ``pull-weights`` placed
-(``weights/<name>/``, laid out and recorded as :mod:`essencekit.cache` describes) and the W+
+The cache root holds three things that grow: the weight artifacts ``pull-weights`` placed
+(``weights/<name>/``, laid out and recorded as :mod:`essencekit.cache` describes), the W+
 cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.latent_cache`),
-one small file per photo ever inverted. Listing reads only file sizes and the records: a
+one small file per photo ever inverted, and the aligned crops of ``train-encoder``'s photos
+(``aligned/``, see :mod:`essencekit.aligned_cache`). Listing reads only file sizes and the records: a
 checkpoint is not re-hashed (``pull-weights --verify`` does that).
 """
 
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import cache, latent_cache
+from . import aligned_cache, cache, latent_cache
 from .errors import EssencekitError
 
 
@@ -53,14 +54,30 @@ class LatentUsage:
 
 
 @dataclass
+class AlignedUsage:
+    """The aligned crops (and no-face markers) of one (recipe version, aligner); dates as in
+    :class:`LatentUsage`."""
+
+    recipe: str
+    aligner: str
+    path: Path
+    size: int
+    entries: int
+    oldest: str
+    last_used: str
+
+
+@dataclass
 class CacheUsage:
     root: Path
     artifacts: list[ArtifactUsage] = field(default_factory=list)
     latents: list[LatentUsage] = field(default_factory=list)
+    aligned: list[AlignedUsage] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return sum(a.size for a in self.artifacts) + sum(group.size for group in self.latents)
+        return (sum(a.size for a in self.artifacts) + sum(group.size for group in self.latents)
+                + sum(group.size for group in self.aligned))
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +85,7 @@ class CacheUsage:
             "size": self.size,
             "artifacts": [_jsonable(asdict(a)) for a in self.artifacts],
             "latents": [_jsonable(asdict(group)) for group in self.latents],
+            "aligned": [_jsonable(asdict(group)) for group in self.aligned],
         }
 
 
@@ -136,7 +154,25 @@ def usage() -> CacheUsage:
             recipe, encoder, aligner, base.joinpath(*(p for p in (recipe, encoder, aligner) if p)),
             sum(e.size for e in found), len(found), _day(min(times)), _day(max(times)),
         ))
+    result.aligned = _aligned_usage()
     return result
+
+
+def _aligned_usage() -> list[AlignedUsage]:
+    base = aligned_cache.aligned_root()
+    groups: dict[tuple[str, ...], list[latent_cache.Entry]] = {}
+    for entry in aligned_cache.entries():
+        # <recipe>/<aligner>/<xx>/<file>; anything else is grouped by what it has
+        parts = entry.path.relative_to(base).parts[:2]
+        groups.setdefault(parts + ("",) * (2 - len(parts)), []).append(entry)
+    found = []
+    for (recipe, aligner), group in sorted(groups.items()):
+        times = [e.mtime for e in group]
+        found.append(AlignedUsage(
+            recipe, aligner, base.joinpath(*(p for p in (recipe, aligner) if p)),
+            sum(e.size for e in group), len(group), _day(min(times)), _day(max(times)),
+        ))
+    return found
 
 
 def find_artifact(name: str) -> ArtifactUsage:
@@ -209,4 +245,12 @@ def prune_latents(before: datetime.date, *, dry_run: bool = False) -> PruneResul
     """Remove the W+ records last used before ``before`` (local midnight starting that day)."""
     cutoff = datetime.datetime.combine(before, datetime.time()).timestamp()
     gone = latent_cache.prune(cutoff, dry_run=dry_run)
+    return PruneResult(before.isoformat(), len(gone), sum(e.size for e in gone), dry_run)
+
+
+def prune_aligned(before: datetime.date, *, dry_run: bool = False) -> PruneResult:
+    """Remove the aligned crops and no-face markers last used before ``before`` (local midnight
+    starting that day); each costs one new alignment if its photo is trained on again."""
+    cutoff = datetime.datetime.combine(before, datetime.time()).timestamp()
+    gone = aligned_cache.prune(cutoff, dry_run=dry_run)
     return PruneResult(before.isoformat(), len(gone), sum(e.size for e in gone), dry_run)

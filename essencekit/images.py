@@ -241,6 +241,18 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(upright(image))
 
 
+def centre_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of ``image`` (``image`` itself when it is square already), for
+    pictures used whole, without face alignment: a portrait frame is cropped, never squashed.
+    The same square :func:`essencekit.clip.raw_target_pixels` takes."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: alpha composited on white, high bit depths scaled
     (not clipped, as Pillow's own ``convert("L")`` does for 16-bit)."""
@@ -312,6 +324,14 @@ def read_target(target) -> Target:
 #: The side of a contact sheet's tiles, and the height of its label row, in pixels.
 SHEET_TILE = 256
 SHEET_HEADER = 20
+
+
+def to_pil(image) -> Image.Image:
+    """A [3, H, W] tensor image in [-1, 1] as an 8-bit RGB PIL image."""
+    import torch
+
+    pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
 
 
 def contact_sheet(labels: list[str], rows: list[list], tile: int = SHEET_TILE) -> Image.Image:

@@ -13,6 +13,13 @@ The cache root is ``$ESSENCEKIT_HOME`` (else the user cache folder, see
 :func:`essencekit.cache.cache_root`). Files are written atomically; deleting the folder is
 always safe. ``v1`` changes whenever the crop recipe changes what e4e sees.
 
+Several processes may share one cache, the ranks of a ``torchrun`` job on a shared filesystem
+included: a file is written under a temporary name and renamed into place (a rename is atomic
+on local disks and on NFS), so a reader sees a whole entry or the previous one, never a mix of
+two writers'. A writer folds in what another wrote meanwhile (the faces it inverted), so two
+runs of one photo do not undo each other's work; two writing at the very same moment can at
+worst leave one's faces out, which costs one inversion later.
+
 Nothing removes entries by itself: a hit marks its file as used (its modification time), and
 :func:`prune` (``essencekit cache prune --older-than DATE``) removes those unused since a date.
 """
@@ -106,6 +113,7 @@ class LatentCache:
         import torch
         from safetensors.torch import save_file
 
+        record = self._merged(image_sha256, record)
         tensors = {f"face_{i}": w.detach().to("cpu", torch.float32).contiguous() for i, w in record.latents.items()}
         meta = {
             "mode": record.mode,
@@ -116,6 +124,25 @@ class LatentCache:
         path = self.path(image_sha256)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
+
+    def _merged(self, image_sha256: str, record: CacheRecord) -> CacheRecord:
+        """``record`` with the latents another writer stored for the same faces since it was
+        read (another rank, another run); ``record`` itself when the entry is gone, damaged or
+        describes another detection."""
+        stored = self.load(image_sha256)
+        if stored is None:
+            return record
+        if stored.covers(record.mode) and _same_faces(record.faces, stored.faces):
+            return CacheRecord(stored.mode, stored.faces, stored.rejected, {**stored.latents, **record.latents})
+        if record.covers(stored.mode) and _same_faces(stored.faces, record.faces):
+            return CacheRecord(record.mode, record.faces, record.rejected, {**stored.latents, **record.latents})
+        return record
+
+
+def _same_faces(some: list[CachedFace], among: list[CachedFace]) -> bool:
+    """Whether every face of ``some`` is in ``among``, found at the same place."""
+    known = {face.index: face.transform for face in among}
+    return all(known.get(face.index) == face.transform for face in some)
 
 
 # --------------------------------------------------------------------------- housekeeping
@@ -139,8 +166,14 @@ class Entry:
 
 def entries(root: Path | None = None) -> list[Entry]:
     """Every file under :func:`latents_root`, in path order."""
+    return folder_entries(latents_root(root))
+
+
+def folder_entries(base: Path) -> list[Entry]:
+    """Every file under ``base`` (none when it does not exist), in path order; shared with the
+    aligned-crop cache, which is kept and pruned the same way."""
     found = []
-    for folder, _, files in os.walk(latents_root(root)):
+    for folder, _, files in os.walk(base):
         for name in files:
             path = Path(folder) / name
             with contextlib.suppress(OSError):  # removed meanwhile by another run's prune
@@ -153,7 +186,13 @@ def prune(before: float, *, dry_run: bool = False, root: Path | None = None) -> 
     """Remove the cache files last used before ``before`` (a POSIX timestamp) and the folders
     left empty; returns what was (with ``dry_run``: would be) removed. A removed record only
     costs one new inversion of that photo."""
-    old = [e for e in entries(root) if e.mtime < before]
+    return prune_folder(latents_root(root), before, dry_run=dry_run)
+
+
+def prune_folder(base: Path, before: float, *, dry_run: bool = False) -> list[Entry]:
+    """:func:`prune` for the cache folder ``base``: its files last used before ``before`` and
+    the sub-folders left empty (``base`` itself stays)."""
+    old = [e for e in folder_entries(base) if e.mtime < before]
     if dry_run:
         return old
     removed = []
@@ -167,7 +206,6 @@ def prune(before: float, *, dry_run: bool = False, root: Path | None = None) -> 
 
             raise write_error(error, entry.path) from None
         removed.append(entry)
-    base = latents_root(root)
     for folder, _, _ in sorted(os.walk(base), key=lambda w: -len(w[0])):  # deepest first
         if Path(folder) != base:
             with contextlib.suppress(OSError):  # not empty (still used), or already gone

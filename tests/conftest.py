@@ -14,7 +14,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # them a second time under another instruction set (.ci/run), because kernels for AVX-512, AVX2
 # and plain SSE round differently and a bound tuned on one CPU can fail on a user's.
 NUMERIC_MODULES = {
-    "test_api", "test_arcface", "test_bench", "test_clip", "test_e4e", "test_evaluate",
+    "test_api", "test_arcface", "test_bench", "test_clip", "test_e4e", "test_e4e_inference", "test_evaluate",
     "test_essence_mix", "test_extract_cli", "test_extract_essence", "test_extract_losses", "test_extract_optimise",
     "test_faces", "test_generator_speed_ops", "test_stylegan2", "test_transfer_parts",
 }
@@ -78,6 +78,23 @@ def register_plugin():
     def register(plugin, name: str):
         plugins.register_plugin(plugin, name)
         return plugin
+
+    return register
+
+
+@pytest.fixture
+def register_aligner(register_plugin):
+    """Register an :class:`essencekit.Aligner` instance as a plugin's, for one test."""
+    import essencekit
+
+    def register(aligner, plugin_name: str | None = None):
+        class Plugin:
+            @staticmethod
+            @essencekit.hookimpl
+            def register_aligners(register):
+                register(aligner)
+
+        return register_plugin(Plugin, plugin_name or f"aligner-{aligner.name}")
 
     return register
 

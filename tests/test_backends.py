@@ -213,7 +213,7 @@ def test_builtin_backends_declare_todays_device_policy(mocker, fake_cuda, monkey
 
 
 def test_the_transfer_pipeline_and_extract_take_their_policy_from_the_backend(tiny_generator, monkeypatch):
-    from essencekit.extraction.memory import plan_chunks
+    from essencekit.chunked import plan_chunks
     from essencekit.transfers.pipeline import auto_batch_size
 
     # a device.type of "cpu" no longer means the cpu backend's cap of one image

@@ -28,7 +28,7 @@ def test_the_whole_suite_in_process(tiny_clip_plugin, tmp_path):
     report = suite.run_suite(**TINY, clip=tiny_clip_plugin.name, runner=suite.in_process_runner,
                              progress=lines.append)
     assert [r["name"] for r in report["results"]] == list(suite.CASES)
-    assert len(lines) == 2 * len(suite.CASES) and lines[0].startswith("[1/5] generator-forward")
+    assert len(lines) == 2 * len(suite.CASES) and lines[0].startswith(f"[1/{len(suite.CASES)}] generator-forward")
     machine = report["machine"]
     assert machine["backend"] == "cpu" and machine["torch"] == torch.__version__ and machine["cpu"]
     assert machine["logical_cores"] >= 1 and machine["memory_total_bytes"] > 0 and "gpus" in machine
@@ -60,6 +60,29 @@ def test_the_whole_suite_in_process(tiny_clip_plugin, tmp_path):
     assert all(name in text for name in suite.CASES) and "N = 4, K = 1" in text
     saved = reporting.save_json(report, tmp_path / "out" / "bench.json")
     assert json.loads(saved.read_text()) == json.loads(json.dumps(report))
+
+
+def test_the_encoder_variant_cases(tiny_clip_plugin):
+    report = suite.run_suite(**TINY, cases=["encoder-train-step", "encoder-extract"], clip=tiny_clip_plugin.name,
+                             runner=suite.in_process_runner)
+    train, extract = report["results"]
+    assert "error" not in train and "error" not in extract, report["results"]
+    # a training step at batch 1 over the published number of sources, the figure its seconds
+    assert train["params"].items() >= {"size": 16, "sources": 5, "batch": 1, "clip": tiny_clip_plugin.name}.items()
+    assert train["throughput"] is None and train["repeats"] == 2
+    details = train["details"]
+    assert details["optimizer"] == "ranger" and details["batchnorm"] == "frozen"
+    assert len(details["losses"]) == 3 and all(loss > 0 for loss in details["losses"])  # warm-up + 2 timed
+    assert details["losses"] != [details["losses"][0]] * 3  # the steps update the encoder
+    assert train["peak_bytes"] >= details["models_bytes"] > 0
+    # every target of every timed call became an essence: targets/s from the targets per call
+    assert extract["params"] == {"input_size": 256, "targets": 2, "max_channels": 8}
+    assert extract["throughput"] == pytest.approx(2 / extract["median_s"]) and extract["throughput_unit"] == "targets/s"
+
+    console = Console(file=io.StringIO(), width=200)
+    suite.render(report, console)
+    text = console.file.getvalue()
+    assert "S = 5, batch 1" in text and "2 targets, 256 px in" in text and "targets/s" in text
 
 
 def test_a_failed_case_is_reported_and_the_others_run():

@@ -87,7 +87,7 @@ def test_command_example_runs(register_plugin, capsys):
 
 # --------------------------------------------------------------------------- task-oriented pages
 
-GUIDES = ("guide.md", "variants.md", "essence-format.md", "plugin-guide.md")
+GUIDES = ("guide.md", "variants.md", "essence-format.md", "plugin-guide.md", "scaling.md", "encoder.md")
 
 
 def _blocks(page: str, language: str) -> list[str]:

@@ -122,7 +122,7 @@ def test_top_level_api_exports():
 
     assert essencekit.load_essence is load_essence
     # importing the packages binds only their own names: no package shares a function's name
-    for package in ("essencekit.extraction.losses", "essencekit.transfers.api", "essencekit.evaluation.api"):
+    for package in ("essencekit.clip_losses", "essencekit.transfers.api", "essencekit.evaluation.api"):
         importlib.import_module(package)
     for name in ("extract", "transfer", "invert", "evaluate"):
         assert inspect.isfunction(getattr(essencekit, name)), name

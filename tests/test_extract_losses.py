@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from essencekit.clip_losses import consistency_loss, total_loss, transfer_loss
 from essencekit.extraction.coefficients import CoefficientRule
-from essencekit.extraction.losses import consistency_loss, total_loss, transfer_loss
 from essencekit.extraction.schedule import learning_rate, schedule_factor
 
 

@@ -72,8 +72,8 @@ def test_replays_the_reference_trace(trace, generator, batch_size):
 
 def test_two_pass_gradients_equal_one_graph(trace, generator):
     """The chunked two-pass backward gives the gradients of the single graph."""
-    from essencekit.extraction.losses import total_loss
-    from essencekit.extraction.optimise import backward_in_chunks, chunk_slices
+    from essencekit.chunked import backward_in_chunks, chunk_slices
+    from essencekit.clip_losses import total_loss
 
     encoder = StandIn(trace)
     sources = trace["trace.sources"]
@@ -166,7 +166,7 @@ def test_loss_falls_and_best_snapshot_is_the_measured_one(generator, clip_encode
         with torch.no_grad():
             embeddings = clip_encoder(generator.synthesis(edited))
             sources_embedded = clip_encoder(generator.synthesis(sources))
-        from essencekit.extraction.losses import total_loss
+        from essencekit.clip_losses import total_loss
 
         loss, _, _ = total_loss(embeddings, sources_embedded, target.reshape(-1))
         assert loss.item() == pytest.approx(result.best_loss[k].item(), abs=1e-5)
@@ -184,7 +184,7 @@ def test_held_out_evaluation_matches_a_direct_computation(generator, clip_encode
         base = clip_encoder(generator.synthesis(held))
         for k in range(2):
             edited = clip_encoder(generator.synthesis(held + strengths[k] * directions[k]))
-            from essencekit.extraction.losses import total_loss
+            from essencekit.clip_losses import total_loss
 
             expected = total_loss(edited, base, target.reshape(-1))
             assert loss[k].item() == pytest.approx(expected[0].item(), abs=1e-5)
@@ -291,8 +291,8 @@ def test_fast_mode_on_a_512px_generator():
 
 
 def test_chunk_plan_prefers_one_graph_then_plain_chunks_then_checkpointing(monkeypatch):
+    from essencekit import chunked
     from essencekit.backends import select_backend
-    from essencekit.extraction import memory
     from essencekit.memory import bytes_per_image
     from essencekit.models.stylegan2 import GeneratorConfig
 
@@ -305,8 +305,8 @@ def test_chunk_plan_prefers_one_graph_then_plain_chunks_then_checkpointing(monke
     assert bytes_per_image(FFHQ, 256) < per_image / 4
     assert bytes_per_image(FFHQ, 1024, backward=False) == bytes_per_image(FFHQ, 1024) * 3 // 11  # no autograd
     monkeypatch.setattr(cpu, "memory_budget", lambda: 5 * 2**30)  # the backend's budget
-    assert memory.plan_chunks(FFHQ, cpu, 256, 4) == (4, False)  # all in one graph
-    assert memory.plan_chunks(FFHQ, cpu, 1024, 8) == (1, False)  # two-pass chunks, no recomputation
-    assert memory.plan_chunks(FFHQ, cpu, 1024, 8, batch_size=4) == (4, True)  # too big: checkpointed
+    assert chunked.plan_chunks(FFHQ, cpu, 256, 4) == (4, False)  # all in one graph
+    assert chunked.plan_chunks(FFHQ, cpu, 1024, 8) == (1, False)  # two-pass chunks, no recomputation
+    assert chunked.plan_chunks(FFHQ, cpu, 1024, 8, batch_size=4) == (4, True)  # too big: checkpointed
     monkeypatch.setattr(cpu, "memory_budget", lambda: 2 * 2**30)
-    assert memory.plan_chunks(FFHQ, cpu, 1024, 8) == (1, True)  # not one image fits without it
+    assert chunked.plan_chunks(FFHQ, cpu, 1024, 8) == (1, True)  # not one image fits without it

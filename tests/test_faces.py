@@ -508,7 +508,7 @@ def test_already_aligned_crops(astronaut_face):
     assert np.asarray(solid).max() <= 1  # with no feather the whole image is the edit
 
 
-def test_the_default_aligner_is_the_usable_one_with_the_highest_priority(register_plugin, monkeypatch):
+def test_the_default_aligner_is_the_usable_one_with_the_highest_priority(register_aligner, monkeypatch):
     from essencekit_builtins import aligners
 
     class Better(essencekit.Aligner):
@@ -517,16 +517,10 @@ def test_the_default_aligner_is_the_usable_one_with_the_highest_priority(registe
         def detect(self, image):
             return []
 
-    class Plugin:
-        @staticmethod
-        @essencekit.hookimpl
-        def register_aligners(register):
-            register(Better())
-
     monkeypatch.setattr(aligners.DlibAligner, "availability", lambda self: (True, ""))
     monkeypatch.setattr(aligners.MediaPipeAligner, "availability", lambda self: (True, ""))
     assert faces.get_aligner().name == "dlib"  # the built-ins' priorities keep today's default
-    register_plugin(Plugin, "better-aligner")
+    register_aligner(Better(), "better-aligner")
     assert faces.get_aligner().name == "better"
     # a priority, not a name, makes the default: ranked below mediapipe, dlib is no longer it
     monkeypatch.setattr(Better, "priority", -1)

@@ -1,4 +1,4 @@
-"""The command packages stand side by side: extraction, transfers and evaluation import what
+"""The command packages stand side by side: extraction, transfers, evaluation and training import what
 they share from the shared layer (the top of ``essencekit``), never from each other, except
 evaluation's use of the public transfer pipeline (its job: it measures what transfer makes).
 The shared layer (``essencekit/*.py`` and ``essencekit/models``) imports no command package."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import essencekit
 
 PACKAGE = Path(essencekit.__file__).parent
-COMMANDS = ("extraction", "transfers", "evaluation")
+COMMANDS = ("extraction", "transfers", "evaluation", "training")
 ALLOWED = {("evaluation", "transfers", ("Transferrer",))}
 
 

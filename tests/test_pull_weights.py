@@ -117,8 +117,9 @@ def test_builtin_registry_is_well_formed():
         assert artifact.license and artifact.description and artifact.source, name
     builtins = [a for a in registry.values() if plugins.owner_of("weights", a.name) == "essencekit_builtins.weights"]
     # every built-in is pinned (all published checksums were found), except the Hugging Face
-    # fallbacks of OpenAI's CLIP, whose checksums could not be read: trusted on first use
-    assert {a.name for a in builtins if not a.sha256} == {"clip-vit-b-32-hf", "clip-rn50-hf"}
+    # fallbacks of OpenAI's CLIP and the encoder variant's sources, whose checksums could not be
+    # read: trusted on first use
+    assert {a.name for a in builtins if not a.sha256} == {"clip-vit-b-32-hf", "clip-rn50-hf", "encoder-sources"}
     filenames = [a.filename for a in builtins]
     assert len(filenames) == len(set(filenames))
     for artifact in builtins:

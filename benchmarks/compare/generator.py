@@ -25,7 +25,7 @@ increasing order), so that the peak memory of each figure is that configuration'
 peak resident set size of the process on the CPU (``ru_maxrss``, which never goes down, hence
 the ascending batches), the backend's peak device memory elsewhere. Each operation is warmed
 up once at its smallest batch, then timed up to ``repeats`` times (fewer for slow cases, see
-``time_budget_s``); the figure is the median.
+``time_budget_s``, but never fewer than three: ``measure.MIN_TIMED_RUNS``); the figure is the median.
 
 Batch-1 outputs (images and W+ gradients) of every variant are compared with the reference's.
 On CUDA the published code runs a compiled ``upfirdn2d`` kernel where it builds; the
@@ -499,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S, metavar="SECONDS",
-        help="no further run of a case once another would take its total past this (default %(default)g; 0: "
-        "always --repeats runs)",
+        help="no further run of a case once another would take its total past this, after three runs (default "
+        "%(default)g; 0: always --repeats runs)",
     )
     parser.add_argument(
         "--variants", type=_variant_list, default=list(DEFAULT_VARIANTS),

@@ -67,6 +67,11 @@ def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+#: The fewest timed runs a time budget may leave a case (slow cases included: a 15 s case
+#: under a 20 s budget still runs three times).
+MIN_TIMED_RUNS = 3
+
+
 def time_repeats(
     fn: Callable[[], Any],
     *,
@@ -77,13 +82,16 @@ def time_repeats(
     """Wall-clock seconds of up to ``repeats`` calls of ``fn`` and the last call's result.
 
     At least one call runs. With ``budget_s``, another call starts only while the time spent so
-    far plus the mean call time stays within the budget (so slow cases run fewer times).
+    far plus the mean call time stays within the budget (so slow cases run fewer times), but
+    never fewer than :data:`MIN_TIMED_RUNS` (or ``repeats``, if fewer): a median of one sample
+    is no figure to compare.
     ``synchronize`` runs before the clock starts and before it stops (device queues).
     """
     times: list[float] = []
     result = None
     while len(times) < max(1, repeats):
-        if times and budget_s is not None and sum(times) + sum(times) / len(times) > budget_s:
+        enough = len(times) >= min(repeats, MIN_TIMED_RUNS)
+        if enough and budget_s is not None and sum(times) + sum(times) / len(times) > budget_s:
             break
         result = None  # let the previous output go before the next run
         synchronize()

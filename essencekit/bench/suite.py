@@ -12,7 +12,12 @@ Cases (:data:`CASES`), in this order:
 * ``extract-step``: one essence-extraction optimisation step, N = 4 sources, K = 1 restart,
   CLIP ViT-B/32, as ``essencekit extract`` runs it (seconds per step);
 * ``transfer``: ``essencekit transfer --no-align --crops`` over ``images`` 1024 px crops
-  (inversion + synthesis + PNG write), the automatic batch size, images/s.
+  (inversion + synthesis + PNG write), the automatic batch size, images/s;
+* ``encoder-train-step``: one ``essencekit train-encoder`` step at batch 1 (the e4e encoder's
+  forward and backward, S = 5 sources rendered and through CLIP ViT-B/32 in the chunks
+  training picks, the Ranger update), seconds per step; its peak memory is a target's;
+* ``encoder-extract``: ``essencekit extract --method encoder`` of ``images`` 1024 px pictures
+  taken whole (one forward pass of the e4e-sized encoder each, batched), targets/s.
 
 Every case runs on the backend's own modulated convolution and autocast (no reference
 baselines: those are the source checkout's development benchmarks, ``benchmarks/generator.py``,
@@ -71,12 +76,19 @@ CASES: dict[str, Case] = {
         Case("e4e-inversion", "e4e (ir_se-50) inversion of 256 px inputs", "images/s"),
         Case("extract-step", "one essence-extraction step", None),
         Case("transfer", "essence transfer: inversion + synthesis + PNG write", "images/s"),
+        Case("encoder-train-step", "one train-encoder step, batch 1", None),
+        Case("encoder-extract", "extract --method encoder, one forward pass per target", "targets/s"),
     )
 }
 
 
 def default_images(device_type: str) -> int:
     return DEFAULT_IMAGES.get(device_type, DEFAULT_IMAGES_ELSEWHERE)
+
+
+def _fresh(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +165,29 @@ def _transfer(spec: dict) -> dict:
             "details": {"torch_threads": record["torch_threads"]}}
 
 
+def _encoder_train(spec: dict) -> dict:
+    record = workloads.encoder_train_case({
+        "size": spec["size"], "max_channels": spec.get("max_channels"), "sources": workloads.ENCODER_SOURCES,
+        "backend": spec["backend"], "clip": spec["clip"], "seed": spec["seed"], "repeats": spec["repeats"],
+    })
+    return {"times_s": record["times_s"], "items": None,
+            "params": {"size": record["size"], "sources": record["sources"], "batch": 1, "chunk": record["chunk"],
+                       "clip": spec["clip"]},
+            **{k: v for k, v in record.items() if k.startswith("peak_")},
+            "details": {k: record[k] for k in ("optimizer", "batchnorm", "models_bytes", "losses", "torch_threads")}}
+
+
+def _encoder_extract(spec: dict) -> dict:
+    record = workloads.encoder_extract_case({
+        "size": spec["size"], "max_channels": spec.get("max_channels"), "photos": spec["photos"],
+        "backend": spec["backend"], "seed": spec["seed"], "repeats": spec["repeats"],
+    })
+    return {"times_s": record["times_s"], "items": record["items"],
+            "params": {"input_size": record["input_size"], "targets": record["items"]},
+            **{k: v for k, v in record.items() if k.startswith("peak_")},
+            "details": {"torch_threads": record["torch_threads"]}}
+
+
 def run_case(spec: dict) -> dict:
     """Run one case in this process. ``spec``: ``case``, ``backend``, ``size``, ``max_channels``,
     ``repeats``, ``batch``, ``clip``, ``seed``, ``workdir``, and for ``transfer`` ``photos`` and
@@ -169,6 +204,10 @@ def run_case(spec: dict) -> dict:
         return _extract(spec)
     if name == "transfer":
         return _transfer(spec)
+    if name == "encoder-train-step":
+        return _encoder_train(spec)
+    if name == "encoder-extract":
+        return _encoder_extract(spec)
     raise ValueError(f"unknown case {name!r}; choose from {', '.join(CASES)}")
 
 
@@ -257,9 +296,10 @@ def run_suite(
     (:func:`essencekit.select_backend`; an unknown or unavailable one raises
     :class:`~essencekit.errors.EssencekitError`). ``size``: the generator's (a power of two, at
     least 16; 1024 is FFHQ's). ``batch``: of ``generator-fwd+bwd``. ``images``: timed images of
-    ``transfer`` (default 8 on the CPU, 128 elsewhere). ``max_channels`` caps every feature
-    width (and the style width of the transfer models) for smoke tests; ``clip`` is the CLIP
-    variant of ``extract-step`` (random weights; default: the highest-priority registered one). ``runner(spec, workdir)`` runs one case
+    ``transfer`` and targets of ``encoder-extract`` (default 8 on the CPU, 128 elsewhere).
+    ``max_channels`` caps every feature width (and the style width of the transfer models) for
+    smoke tests; ``clip`` is the CLIP variant of ``extract-step`` and ``encoder-train-step``
+    (random weights; default: the highest-priority registered one). ``runner(spec, workdir)`` runs one case
     (default: a worker process, given up after ``timeout`` seconds); ``progress`` gets a line
     before and after each case. Options that cannot work raise :class:`ValueError`.
     """
@@ -290,6 +330,10 @@ def run_suite(
                     batch_size=None, max_batch=chosen.max_batch,
                 )
                 spec.update(photos=[str(p) for p in photos], warmup=warmup)
+            elif name == "encoder-extract":
+                photos = workloads.write_photos(_fresh(Path(workdir) / "targets"), images,
+                                                1024 if max_channels is None else size, seed)
+                spec.update(photos=[str(p) for p in photos])
             t0 = time.perf_counter()
             row = result_row(name, runner(spec, workdir), chosen.name, machine, max_channels)
             rows.append(row)
@@ -334,6 +378,11 @@ def _what(row: dict) -> str:
         return f"{p.get('images')} images, batch {p.get('batch')}"
     if row["name"] == "e4e-inversion":
         return f"{p.get('input_size')} px, batch {p.get('batch')}"
+    if row["name"] == "encoder-train-step":
+        chunks = f", chunks of {p['chunk']}" if p.get("chunk") not in (None, p.get("sources")) else ""
+        return f"{p.get('size')} px, S = {p.get('sources')}, batch 1, {p.get('clip')}{chunks}"
+    if row["name"] == "encoder-extract":
+        return f"{p.get('targets')} targets, {p.get('input_size')} px in"
     return f"{p.get('size')} px, batch {p.get('batch')}"
 
 

@@ -159,7 +159,7 @@ def extract_models(spec: dict, backend, adapt: Adapt | None = None):
 
 def _optimise(generator, encoder, sources, target, init, spec: dict, backend, on_step) -> dict:
     """essencekit's loop: :func:`essencekit.extraction.optimise.optimise` in the automatic chunks."""
-    from ..extraction.memory import plan_chunks
+    from ..chunked import plan_chunks
     from ..extraction.optimise import OptimiseSettings, optimise
 
     count = sources.shape[0] * init.shape[0]
@@ -354,3 +354,208 @@ def prepare_photos(
     folder.mkdir(parents=True, exist_ok=True)
     warmup = batch_size or max_batch
     return warmup, write_photos(folder, warmup + images, 1024 if max_channels is None else size, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# The encoder variant: train-encoder's step and extract --method encoder
+
+#: Sources of a training step: the published ``encoder_sources.pt`` holds 5.
+ENCODER_SOURCES = 5
+
+
+def random_clip(spec: dict, generator_size: int, backend):
+    """The CLIP variant ``spec["clip"]`` with random weights drawn from ``seed + 1``, raw input
+    mode, for generated images of ``generator_size`` px."""
+    import torch
+
+    from ..clip import ClipEncoder, build_clip_model, get_variant
+
+    variant = get_variant(spec["clip"])
+    torch.manual_seed(spec["seed"] + 1)
+    visual = build_clip_model(variant).visual.float().eval().requires_grad_(False)
+    return backend.prepare(ClipEncoder(visual, variant, input_mode="raw", generator_size=generator_size))
+
+
+def encoder_training_models(spec: dict, backend, sources: int):
+    """``(e4e, loss)``: the random e4e of :func:`transfer_models` (its encoder trainable, its
+    generator frozen) and the :class:`~essencekit.training.loss.EssenceLoss` over ``sources``
+    random sources with a random CLIP, chunked as ``train_encoder`` chunks them."""
+    from ..chunked import plan_chunks
+    from ..extraction.sources import sample_latents
+    from ..training.loss import EssenceLoss
+    from ..training.settings import DEFAULTS
+
+    e4e, _ = transfer_models(spec, backend)
+    generator = e4e.generator
+    clip = random_clip(spec, generator.size, backend)
+    latents = sample_latents(generator, sources, spec["seed"], "source")
+    chunk, _ = plan_chunks(generator, backend, generator.size, sources)
+    loss = EssenceLoss(generator, clip, latents, lambda_consistency=DEFAULTS.lambda_consistency,
+                       lambda_norm=DEFAULTS.lambda_norm, autocast=backend.autocast, chunk=chunk)
+    e4e.encoder.requires_grad_(True)
+    return e4e, loss
+
+
+def random_targets(count: int, size: int, seed: int):
+    """Training targets [count, 3, size, size] in [-1, 1], drawn from ``seed + 6``."""
+    import torch
+
+    stream = torch.Generator().manual_seed(seed + 6)
+    return torch.rand(count, 3, size, size, generator=stream) * 2 - 1
+
+
+def _resident_bytes(backend) -> int | None:
+    """What is held now: the backend's device memory where it reports a peak (read just after
+    a reset, the peak is what is allocated), else the process's RSS."""
+    backend.synchronize()
+    backend.reset_peak_memory()
+    device = backend.peak_memory()
+    return device if device is not None else measure.current_rss_bytes()
+
+
+def encoder_train_case(spec: dict) -> dict:
+    """Time ``train-encoder``'s step in this process: :func:`essencekit.training.trainer.train_step`
+    at batch 1 on a random target, the optimiser of the defaults (Ranger) and their BatchNorm
+    mode. ``spec``: ``size``, ``max_channels``, ``sources``, ``backend``, ``clip``, ``seed``,
+    ``repeats``. One warm-up step (it also creates the optimiser's state), then ``repeats``
+    timed; ``models_bytes`` is what was held before the first step."""
+    import torch
+
+    from ..backends import select_backend
+    from ..training.ranger import make_optimizer
+    from ..training.settings import DEFAULTS
+    from ..training.trainer import train_step
+
+    backend = select_backend(spec.get("backend"))
+    e4e, loss = encoder_training_models(spec, backend, spec["sources"])
+    encoder = e4e.encoder
+    optimizer = make_optimizer(DEFAULTS.optimizer, encoder.parameters(), DEFAULTS.lr)
+    images = random_targets(1, e4e.input_size, spec["seed"]).to(backend.device)
+    models = _resident_bytes(backend)
+    losses: list[float] = []
+
+    def step():
+        terms = train_step(encoder, loss, optimizer, images, batchnorm=DEFAULTS.batchnorm, autocast=backend.autocast)
+        losses.append(terms.loss)
+
+    step()
+    backend.synchronize()
+    backend.reset_peak_memory()
+    times, _ = measure.time_repeats(step, repeats=int(spec["repeats"]), synchronize=backend.synchronize)
+    return {
+        "size": e4e.generator.size, "sources": spec["sources"], "batch": 1, "chunk": loss.chunk or spec["sources"],
+        "optimizer": DEFAULTS.optimizer, "batchnorm": DEFAULTS.batchnorm, "times_s": times,
+        "median_s": measure.median(times), "losses": losses, "models_bytes": models,
+        **measure.peak_memory(backend), "torch_threads": torch.get_num_threads(),
+    }
+
+
+def encoder_parts_case(spec: dict) -> dict:
+    """Time, each on its own, the parts a training step cannot do without (``spec`` as
+    :func:`encoder_train_case`'s): ``e4e``, the encoder's forward and backward at batch 1;
+    ``generator``, forward and backward of the S edited sources to the direction, in the
+    step's chunks, once each; ``clip``, CLIP's forward and backward on S generated images in
+    the same chunks, and the target's CLIP forward; and, not a part of the goal, ``optimizer``,
+    one update of the optimiser, and ``step``, the whole training step.
+
+    The step and its parts take turns, ``repeats`` rounds after a warm-up round, so that a
+    machine whose load changes (a shared CPU) slows them alike and their ratio holds. Returns
+    ``parts``: name -> ``times_s``, ``median_s``."""
+    import torch
+
+    from ..backends import select_backend
+    from ..chunked import chunk_slices
+    from ..training.ranger import make_optimizer
+    from ..training.settings import DEFAULTS
+    from ..training.trainer import set_mode, train_step
+
+    backend = select_backend(spec.get("backend"))
+    e4e, loss = encoder_training_models(spec, backend, spec["sources"])
+    encoder, generator, device = e4e.encoder, e4e.generator, backend.device
+    targets = random_targets(1, e4e.input_size, spec["seed"]).to(device)
+    chunks = chunk_slices(spec["sources"], loss.chunk)
+    stream = torch.Generator().manual_seed(spec["seed"] + 7)
+    direction = (torch.randn(generator.n_latent, generator.style_dim, generator=stream) * 0.1).to(loss.sources)
+    size = generator.size
+    generated = (torch.rand(spec["sources"], 3, size, size, generator=stream) * 2 - 1).to(loss.sources)
+
+    def e4e_part():
+        set_mode(encoder, DEFAULTS.batchnorm)
+        with backend.autocast():
+            directions = encoder(targets)
+        directions.float().sum().backward()
+        encoder.zero_grad(set_to_none=True)
+
+    def generator_part():
+        leaf = direction.clone().requires_grad_(True)
+        for part in chunks:
+            with backend.autocast():
+                images = generator.synthesis(loss.sources[part] + leaf, noise="const")
+            images.to(loss.sources.dtype).sum().backward()
+
+    def clip_part():
+        loss.target_embeddings(targets)
+        for part in chunks:
+            images = generated[part].clone().requires_grad_(True)
+            loss.clip(images).sum().backward()
+
+    optimizer = make_optimizer(DEFAULTS.optimizer, encoder.parameters(), DEFAULTS.lr)
+    gradients = [torch.randn_like(p) * 1e-3 for p in optimizer.param_groups[0]["params"]]
+
+    def optimizer_part():
+        # the update alone: the gradients are given, not computed
+        for parameter, gradient in zip(optimizer.param_groups[0]["params"], gradients):
+            parameter.grad = gradient
+        optimizer.step()
+
+    step_optimizer = make_optimizer(DEFAULTS.optimizer, encoder.parameters(), DEFAULTS.lr)
+
+    def step():
+        train_step(encoder, loss, step_optimizer, targets, batchnorm=DEFAULTS.batchnorm, autocast=backend.autocast)
+
+    functions = {"step": step, "e4e": e4e_part, "generator": generator_part, "clip": clip_part,
+                 "optimizer": optimizer_part}
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_ in range(int(spec["repeats"]) + 1):
+        for name, fn in functions.items():
+            backend.synchronize()
+            started = time.perf_counter()
+            fn()
+            backend.synchronize()
+            if round_:  # the first round warms up
+                times[name].append(time.perf_counter() - started)
+    parts = {name: {"times_s": t, "median_s": measure.median(t)} for name, t in times.items()}
+    return {"size": size, "sources": spec["sources"], "chunk": loss.chunk or spec["sources"], "parts": parts,
+            **measure.peak_memory(backend), "torch_threads": torch.get_num_threads()}
+
+
+def encoder_extract_case(spec: dict) -> dict:
+    """Time ``extract --method encoder`` in this process:
+    :func:`essencekit.extraction.encoder_method.extract_with_encoder` over the ``photos``
+    (paths) in one call, the whole picture as the target (``align="whole"``: no face detection),
+    with the random e4e encoder of :func:`transfer_models` as the essence encoder. ``spec``:
+    ``size``, ``max_channels``, ``photos``, ``backend``, ``seed``, ``repeats``. One warm-up call,
+    then ``repeats`` timed; ``items`` targets per call."""
+    import torch
+
+    from ..backends import select_backend
+    from ..essence_encoder import EssenceEncoder
+    from ..extraction.encoder_method import extract_with_encoder
+
+    backend = select_backend(spec.get("backend"))
+    e4e, _ = transfer_models(spec, backend)
+    model = EssenceEncoder(e4e.encoder).eval()
+    del e4e  # the generator: extraction does not render
+    photos = list(spec["photos"])
+
+    def extract():
+        essences = extract_with_encoder(photos, model, device=backend, align="whole")
+        if len(essences) != len(photos):
+            raise RuntimeError(f"{len(essences)} essences for {len(photos)} targets")
+
+    extract()
+    backend.synchronize()
+    backend.reset_peak_memory()
+    times, _ = measure.time_repeats(extract, repeats=int(spec["repeats"]), synchronize=backend.synchronize)
+    return {"input_size": model.input_size, "items": len(photos), "times_s": times, "median_s": measure.median(times),
+            **measure.peak_memory(backend), "torch_threads": torch.get_num_threads()}

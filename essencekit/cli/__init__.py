@@ -18,6 +18,7 @@ import click
 import typer
 from rich.markup import escape
 
+from ..distributed import ReportedElsewhere, launch_environment
 from ..errors import EssencekitError, Message, OptionError
 from .options import command_help
 from .output import err, print_error
@@ -65,6 +66,7 @@ COMMAND_MODULES = (
     "essencekit.cli.plugins_cmd",
     "essencekit.cli.doctor_cmd",
     "essencekit.cli.extract_cmd",
+    "essencekit.cli.train_encoder_cmd",
     "essencekit.cli.essence_cmd",
     "essencekit.cli.transfer_cmd", "essencekit.cli.invert_cmd",
     "essencekit.cli.bench_cmd",
@@ -244,6 +246,8 @@ def option_errors_as_usage_errors(command) -> None:
             return invoke(ctx)
         except OptionError as error:
             raise typer.BadParameter(in_flags(str(error), command), ctx=ctx, param=_flag_of(command, error.parameter)) from None
+        except ReportedElsewhere:  # rank 0 renders and prints it: stays quiet, whatever it mentions
+            raise
         except EssencekitError as error:
             message = str(error)
             if not isinstance(message, Message):
@@ -256,6 +260,16 @@ def option_errors_as_usage_errors(command) -> None:
     command.invoke = run
 
 
+def _rank_label() -> str:
+    """``rank N: `` in a torchrun job's ranks other than 0, whose own errors need saying whose
+    they are; empty in rank 0 and in a single process."""
+    try:
+        launch = launch_environment()
+    except EssencekitError:  # inconsistent variables: the command reports that itself
+        return ""
+    return "" if launch.is_main else f"rank {launch.rank}: "
+
+
 def _run(args: list[str] | None) -> int:
     command = typer.main.get_command(build_app())
     tidy_help(command)
@@ -266,12 +280,15 @@ def _run(args: list[str] | None) -> int:
     except _EXITS as exit_:
         result = exit_.exit_code
     except _USAGE_ERRORS as error:  # usage errors: Click's own message and hint
-        error.show()
+        if not _rank_label():  # every rank of a job parses the same command line: rank 0 says it
+            error.show()
         return error.exit_code
     except _ABORTS:
         return _interrupted()
+    except ReportedElsewhere:  # rank 0 of the job says it
+        return 1
     except EssencekitError as error:
-        print_error(str(error))
+        print_error(_rank_label() + str(error))
         return 1
     except MemoryError:
         print_error("out of memory; try a smaller --batch-size or another backend")

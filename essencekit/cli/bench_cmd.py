@@ -44,12 +44,14 @@ def bench(
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs of each case after a warm-up."),
     only: str | None = typer.Option(
         None, "--only", metavar="CASE,...",
-        help="Run only these cases: generator-forward, generator-fwd+bwd, e4e-inversion, extract-step, transfer.",
+        help="Run only these cases: generator-forward, generator-fwd+bwd, e4e-inversion, extract-step, transfer, "
+        "encoder-train-step, encoder-extract.",
     ),
     size: int = typer.Option(1024, "--size", help="Generator size in px (1024 is FFHQ's; a power of two >= 16)."),
     batch: int = typer.Option(4, "--batch", min=1, help="Batch of generator-fwd+bwd (smaller needs less memory)."),
     images: int | None = typer.Option(
-        None, "--images", min=1, help="Timed images of the transfer case (default: 8 on the CPU, 128 on a GPU)."
+        None, "--images", min=1,
+        help="Timed images of the transfer case, targets of encoder-extract (default: 8 on the CPU, 128 on a GPU).",
     ),
     json_: Json = False,
     output: Path | None = typer.Option(
@@ -63,7 +65,7 @@ def bench(
     ),
     clip: Optional[str] = typer.Option(
         None, "--clip", metavar="NAME", rich_help_panel=ADVANCED,
-        help="CLIP variant of extract-step (default: the highest-priority registered one, ViT-B/32).",
+        help="CLIP variant of extract-step and encoder-train-step (default: the highest-priority registered one, ViT-B/32).",
     ),
     seed: int = typer.Option(0, "--seed", rich_help_panel=ADVANCED, help="Seed of the random weights and inputs."),
     timeout: float | None = typer.Option(
@@ -74,8 +76,9 @@ def bench(
 
     Cases: generator-forward (StyleGAN2 synthesis, batch 1), generator-fwd+bwd (forward and backward to W+, as
     extraction runs it, batch --batch), e4e-inversion (the ir_se-50 encoder at 256 px), extract-step (one
-    optimisation step, 4 sources, 1 restart) and transfer (inversion + synthesis + PNG write). Each is warmed up,
-    then timed --repeats times: the table shows the median seconds, images per second and peak memory (peak
+    optimisation step, 4 sources, 1 restart), transfer (inversion + synthesis + PNG write), encoder-train-step
+    (one train-encoder step at batch 1, 5 sources) and encoder-extract (extract --method encoder, targets/s).
+    Each is warmed up, then timed --repeats times: the table shows the median seconds, images per second and peak memory (peak
     device memory on a GPU, the process's peak RSS on the CPU, models included), under the machine it ran on.
 
     The JSON (every run's time, the machine, the settings) is saved to -o, or to a timestamped file here; --json

@@ -18,12 +18,13 @@ from ..errors import EssencekitError
 from .options import CacheDir, Json, add_command, command_help, exit_statuses
 from .output import ResultTable, err, human_size, out, print_json
 
-HELP = """Show and clean up the cache: downloaded weights and the W+ cache of transfer/invert.
+HELP = """Show and clean up the cache: downloaded weights, the W+ cache of transfer/invert and the aligned
+photos of train-encoder.
 
 `essencekit cache list` shows what is there and its size; `essencekit cache remove NAME`
 deletes one weight artifact (`pull-weights NAME` brings it back); `essencekit cache prune
---older-than YYYY-MM-DD` deletes W+ records not used since that day (each costs one new
-inversion if the photo comes back)."""
+--older-than YYYY-MM-DD` deletes W+ records and aligned training photos not used since that
+day (each costs one new inversion or alignment if the photo comes back)."""
 
 cache_app = typer.Typer(name="cache", help=command_help(HELP), no_args_is_help=True, add_completion=False)
 
@@ -58,7 +59,13 @@ def list_(
             table.add_row(escape(group.recipe), escape(group.encoder), escape(group.aligner), str(group.entries),
                           human_size(group.size), group.last_used, group.oldest)
         out.print(table)
-    if not found.artifacts and not found.latents:
+    if found.aligned:
+        table = ResultTable("Aligned training photos (train-encoder)", ["recipe", "aligner", "entries", "size", "last used", "oldest"])
+        for group in found.aligned:
+            table.add_row(escape(group.recipe), escape(group.aligner), str(group.entries), human_size(group.size),
+                          group.last_used, group.oldest)
+        out.print(table)
+    if not found.artifacts and not found.latents and not found.aligned:
         out.print(f"The cache {escape(str(found.root))} is empty.", highlight=False)
         return
     out.print(f"Total: {human_size(found.size)} in {escape(str(found.root))}", highlight=False)
@@ -108,23 +115,27 @@ def _date(value: str) -> datetime.date:
 def prune(
     older_than: str = typer.Option(
         ..., "--older-than", metavar="YYYY-MM-DD", callback=_date,
-        help="Remove W+ records last used before this day (local time).",
+        help="Remove W+ records and aligned photos last used before this day (local time).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
     json_: Json = False,
     cache_dir: CacheDir = None,
 ):
-    """Delete W+ cache records (transfer, invert) not used since a date. Weights are kept."""
-    from ..cache_admin import prune_latents
+    """Delete W+ cache records (transfer, invert) and aligned training photos (train-encoder)
+    not used since a date. Weights are kept."""
+    from ..cache_admin import prune_aligned, prune_latents
 
     with _root(cache_dir):
         result = prune_latents(older_than, dry_run=dry_run)
+        aligned = prune_aligned(older_than, dry_run=dry_run)
     if json_:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "aligned": aligned.to_dict()})
         return
     verb = "Would remove" if dry_run else "Removed"
-    out.print(f"{verb} {result.entries} W+ record(s) ({human_size(result.size)}) last used before {result.before}",
-              highlight=False)
+    line = f"{verb} {result.entries} W+ record(s) ({human_size(result.size)})"
+    if aligned.entries:
+        line += f" and {aligned.entries} aligned photo(s) ({human_size(aligned.size)})"
+    out.print(f"{line} last used before {result.before}", highlight=False)
 
 
 add_command(cache_app, "list", list_)

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import OptionError
+from .job import notes, process_group
 from .options import (
     Aligner,
     Backend,
@@ -22,7 +23,7 @@ from .options import (
     add_command,
     exit_statuses,
 )
-from .output import err, out, print_json, print_log, print_note, progress_enabled
+from .output import err, out, print_json, print_log, progress_enabled
 
 EXIT_STATUSES = exit_statuses(
     "when the measures were taken (sources that could not be used are listed, and left out of the figures)",
@@ -132,22 +133,17 @@ def evaluate(
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise OptionError(f"the report is an .html file, got {report}", parameter="report")
     judges = [name.strip() for name in clip.split(",") if name.strip()]
-    evaluator = Evaluator(
-        encoder=encoder, generator=generator, device=backend, aligner=aligner, identity_model=identity_model,
-        judges=judges, clip_weights=_clip_weights(clip_weights), clip_input=clip_input, notify=print_note,
-    )
-    options = dict(align=not no_align, align_target=not no_align_target, batch_size=batch_size, cache=not no_cache,
-                   grid_sources=grid_sources if report is not None else 0, max_sources=max_sources)
-    if progress_enabled():
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        with Progress(SpinnerColumn(), TextColumn("rendering and measuring: {task.completed} images"),
-                      TimeElapsedColumn(), console=err) as bar:
-            task = bar.add_task("evaluate", total=None)
-            evaluation = evaluator.evaluate(
-                essences, targets, sources, strengths, progress=lambda n: bar.advance(task, n), **options)
-    else:
-        evaluation = evaluator.evaluate(essences, targets, sources, strengths, **options)
+    with process_group(backend) as group:  # under torchrun: this rank's share of the sources
+        evaluator = Evaluator(
+            encoder=encoder, generator=generator, aligner=aligner, identity_model=identity_model, judges=judges,
+            clip_weights=_clip_weights(clip_weights), clip_input=clip_input, notify=notes(group), group=group,
+        )
+        options = dict(align=not no_align, align_target=not no_align_target, batch_size=batch_size,
+                       cache=not no_cache, grid_sources=grid_sources if report is not None else 0,
+                       max_sources=max_sources)
+        evaluation = _with_progress(evaluator, (essences, targets, sources, strengths), options, group.is_main)
+    if not group.is_main:  # rank 0 prints the job's evaluation
+        return
     for failure in evaluation.failures:
         err.print(f"[red]skipped[/red] {escape(failure['source'])}: {escape(failure['reason'])}", highlight=False)
     if json_:
@@ -157,6 +153,19 @@ def evaluate(
     if report is not None:
         write_report(evaluation, report)
         print_log(f"report: {report}")
+
+
+def _with_progress(evaluator, args: tuple, options: dict, shown: bool):
+    """``evaluator.evaluate(*args, **options)`` under a spinner counting rendered images, when
+    ``shown`` and a person watches."""
+    if progress_enabled(not shown):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("rendering and measuring: {task.completed} images"),
+                      TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("evaluate", total=None)
+            return evaluator.evaluate(*args, progress=lambda n: bar.advance(task, n), **options)
+    return evaluator.evaluate(*args, **options)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,9 +15,9 @@ from .options import (
     Backend,
     BatchSize,
     ClipInput,
-    Encoder,
     Generator,
     Json,
+    NoAlign,
     Overwrite,
     add_command,
     exit_statuses,
@@ -196,13 +196,28 @@ def extract(
     json_: Json = False,
     generator: Generator = None,
     clip_weights: Path | None = typer.Option(None, "--clip-weights", metavar="PATH", help="CLIP weights file."),
-    encoder: Encoder = None,
+    encoder: Optional[str] = typer.Option(
+        None, "--encoder", metavar="PATH_OR_ARTIFACT",
+        help="--method optimise: the e4e checkpoint that inverts faces (default: e4e-ffhq). --method encoder: the "
+        "trained essence encoder (a train-encoder run's best.pt, or the run folder).",
+    ),
     aligner: Aligner = None,
+    no_align: NoAlign = False,
+    method: Literal["optimise", "encoder"] = typer.Option(
+        "optimise", "--method",
+        help="optimise: TargetCLIP's per-target optimisation; encoder: one forward pass of a trained essence encoder "
+        "(--encoder; the optimisation options do not apply).",
+    ),
 ):
     """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
     from ..extraction.api import ExtractionInterrupted, Extractor
     from ..extraction.settings import ExtractSettings
     from ..images import read_target
+
+    if method == "encoder":
+        _extract_with_encoder(targets, output, encoder, backend, aligner, no_align, overwrite, json_, preview,
+                              generator)
+        return
 
     settings = ExtractSettings(
         steps=steps, lr=lr, weight_decay=weight_decay, lambda_transfer=lambda_transfer,
@@ -260,6 +275,33 @@ def extract(
                 + (f"; preview {escape(str(grid))}" if grid is not None else ""),
                 highlight=False,
             )
+    if json_:
+        print_json({"essences": summaries})
+
+
+def _extract_with_encoder(targets, output, encoder, backend, aligner, no_align, overwrite, json_, preview,
+                          generator) -> None:
+    """``--method encoder``: every target through the trained essence encoder in batches."""
+    from ..extraction.encoder_method import extract_with_encoder
+
+    paths, previews = _plan_outputs(targets, output, preview, overwrite)
+    essences = extract_with_encoder(targets, encoder, device=backend, align="whole" if no_align else "auto",
+                                    aligner=aligner, notify=print_note)
+    summaries = []
+    for target, essence, path, grid in zip(targets, essences, paths, previews):
+        essence.save(path)
+        if grid is not None:
+            from ..extraction.preview import preview_on_sampled_sources
+
+            preview_on_sampled_sources(essence, grid, generator=generator, device=backend)
+        info = essence.info()
+        summaries.append({"target": str(target), "output": str(path), "preview": str(grid) if grid else None,
+                          "method": "encoder", "recommended_strength": essence.recommended_strength,
+                          "target_crop": info.get("target_crop"), "seconds": float(info["seconds"])})
+        if not json_:
+            out.print(f"wrote {escape(str(path))} (encoder, {info.get('target_crop')} crop, {float(info['seconds']):.2f} s), "
+                      f"recommended strength {essence.recommended_strength:.3f}"
+                      + (f"; preview {escape(str(grid))}" if grid is not None else ""), highlight=False)
     if json_:
         print_json({"essences": summaries})
 

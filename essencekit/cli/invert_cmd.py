@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from .job import notes, process_group
 from .options import (
     EACH_INPUT_EXIT_STATUSES,
     Aligner,
@@ -23,7 +24,7 @@ from .options import (
     SkipExisting,
     add_command,
 )
-from .output import print_note, run_with_display
+from .output import run_with_display
 
 
 def invert(
@@ -50,13 +51,14 @@ def invert(
     from ..images import DEFAULT_MAX_PIXELS
     from ..transfers.api import Transferrer
 
-    models = Transferrer(encoder=encoder, device=backend, aligner=aligner, notify=print_note)
-    run = models.invert(
-        inputs, output=output, faces=faces, align=not no_align, recursive=recursive, overwrite=overwrite,
-        skip_existing=skip_existing, batch_size=batch_size,
-        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, cache=not no_cache,
-    )
-    run_with_display(run, "invert", "latent files", output, json_)
+    with process_group(backend) as group:  # under torchrun: this rank's share of the photos
+        models = Transferrer(encoder=encoder, aligner=aligner, notify=notes(group), group=group)
+        run = models.invert(
+            inputs, output=output, faces=faces, align=not no_align, recursive=recursive, overwrite=overwrite,
+            skip_existing=skip_existing, batch_size=batch_size,
+            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, cache=not no_cache,
+        )
+        run_with_display(run, "invert", "latent files", output, json_)
 
 
 def register(app: typer.Typer) -> None:

@@ -134,12 +134,31 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
+def progress_bar(*columns):
+    """A Rich progress bar on stderr: the task, the bar, done of total, then ``columns``, the
+    elapsed time and the ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False,
+    )
+
+
 class RunDisplay:
     """Progress on stderr (a Rich bar for a person at a terminal), failures as they happen, one
-    JSON line per result with ``--json``, and the summary at the end."""
+    JSON line per result with ``--json``, and the summary at the end. ``quiet``: show nothing
+    (the ranks of a torchrun job other than rank 0, which shows the job's)."""
 
-    def __init__(self, total: int, verb: str, json_lines: bool):
-        self.total, self.verb, self.json_lines = total, verb, json_lines
+    def __init__(self, total: int, verb: str, json_lines: bool, quiet: bool = False):
+        self.total, self.verb, self.json_lines, self.quiet = total, verb, json_lines, quiet
         self.counts = {"written": 0, "skipped": 0, "failed": 0, "done": 0}
         self.failures: list[tuple[str, str]] = []
         self.inputs_done = 0
@@ -149,21 +168,10 @@ class RunDisplay:
         self.task = None
 
     def __enter__(self):
-        if progress_enabled():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+        if progress_enabled(self.quiet):
+            from rich.progress import TextColumn
 
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=err, transient=False,
-            )
+            self.progress = progress_bar(TextColumn("images"), TextColumn("{task.fields[rate]}"))
             self.progress.__enter__()
             self.task = self.progress.add_task(self.verb, total=self.total, rate="")
         return self
@@ -188,9 +196,13 @@ class RunDisplay:
         if result.last:
             self.inputs_done += 1
             self.faces += result.faces if result.status != "failed" else 0
-            if self.progress is not None:
-                elapsed = max(time.perf_counter() - self.started, 1e-9)
-                self.progress.update(self.task, completed=self.inputs_done, rate=f"{self.faces / elapsed:.2f} faces/s")
+
+    def advance(self, inputs: int, faces: int) -> None:
+        """The bar at ``inputs`` sources done, ``faces`` faces (the run's count: the whole
+        job's, in a torchrun job)."""
+        if self.progress is not None:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            self.progress.update(self.task, completed=inputs, rate=f"{faces / elapsed:.2f} faces/s")
 
     def summary(self, output: Path | None, what: str, interrupted: bool = False) -> None:
         from rich.table import Table
@@ -216,15 +228,20 @@ class RunDisplay:
 
 
 def run_with_display(run, verb: str, what: str, output: Path | None, json_lines: bool) -> None:
-    """Consume ``run`` under a :class:`RunDisplay`; exits 1 when an input failed, 130 on Ctrl-C."""
-    display = RunDisplay(run.total, verb, json_lines)
+    """Consume ``run`` under a :class:`RunDisplay`; exits 1 when an input failed, 130 on Ctrl-C.
+    In a torchrun job rank 0 shows the job's progress, results and summary and exits with the
+    job's status; the other ranks show nothing and exit 0 once their share is done."""
+    display = RunDisplay(run.total, verb, json_lines, quiet=not run.is_main)
+    run.progress = display.advance
     try:
         with display:
-            for result in run:
+            for result in run.results():
                 display.add(result)
     except KeyboardInterrupt:
-        display.summary(output, what, interrupted=True)
+        if run.is_main:
+            display.summary(output, what, interrupted=True)
         raise typer.Exit(130) from None
-    display.summary(output, what)
+    if run.is_main:
+        display.summary(output, what)
     if display.failures:
         raise typer.Exit(1)

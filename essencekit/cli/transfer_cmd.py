@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from .job import notes, process_group
 from .options import (
     EACH_INPUT_EXIT_STATUSES,
     Aligner,
@@ -25,7 +26,7 @@ from .options import (
     SkipExisting,
     add_command,
 )
-from .output import print_note, run_with_display
+from .output import run_with_display
 
 
 def transfer(
@@ -85,14 +86,15 @@ def transfer(
     from ..images import DEFAULT_MAX_PIXELS
     from ..transfers.api import Transferrer
 
-    models = Transferrer(encoder=encoder, generator=generator, device=backend, aligner=aligner, notify=print_note)
-    run = models.transfer(
-        inputs, essence, strength, output=output, layers=layers, faces=faces, align=not no_align, crops=crops,
-        paste=paste, recursive=recursive, format=format_, quality=quality, overwrite=overwrite,
-        skip_existing=skip_existing, grid=grid, batch_size=batch_size,
-        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, cache=not no_cache,
-    )
-    run_with_display(run, "transfer", "files", output, json_)
+    with process_group(backend) as group:  # under torchrun: this rank's share of the photos
+        models = Transferrer(encoder=encoder, generator=generator, aligner=aligner, notify=notes(group), group=group)
+        run = models.transfer(
+            inputs, essence, strength, output=output, layers=layers, faces=faces, align=not no_align, crops=crops,
+            paste=paste, recursive=recursive, format=format_, quality=quality, overwrite=overwrite,
+            skip_existing=skip_existing, grid=grid, batch_size=batch_size,
+            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, cache=not no_cache,
+        )
+        run_with_display(run, "transfer", "files", output, json_)
 
 
 def register(app: typer.Typer) -> None:

@@ -155,15 +155,18 @@ class Evaluator:
     model) and the CLIP ``judges`` (registered names; ``clip_weights`` maps a name to its
     weights file when it is not in the cache). Every essence is judged through the same
     ``clip_input`` mode (``raw``, the published essences' domain, or ``standard``), so their
-    figures compare."""
+    figures compare. ``group``: a ``torchrun`` job's
+    :class:`~essencekit.distributed.ProcessGroup`: each process renders and embeds its share of
+    the sources, and every process gets the job's evaluation."""
 
     def __init__(self, *, encoder=None, generator=None, device=None, aligner=None, identity_model=None,
                  judges: Sequence[str] = DEFAULT_JUDGES, clip_weights: dict[str, str] | None = None,
-                 clip_input: str = "raw", notify: Callable[[str], None] | None = None):
+                 clip_input: str = "raw", notify: Callable[[str], None] | None = None, group=None):
         from ..transfers import Transferrer  # the public pipeline: see the package docstring
 
+        self.group = group
         self.models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner,
-                                  notify=notify)
+                                  notify=notify, group=group)
         self.notify = notify or (lambda message: None)
         self.judge_names = list(dict.fromkeys(judges))
         if not self.judge_names:
@@ -223,6 +226,11 @@ class Evaluator:
 
     # -- the run --------------------------------------------------------------------------------
 
+    def _agreed(self):
+        """A step every rank of a torchrun job takes: a refusal stops them all and is reported
+        once (:meth:`~essencekit.distributed.ProcessGroup.together`)."""
+        return self.group.together() if self.group is not None else contextlib.nullcontext()
+
     def evaluate(self, essences, targets, sources, strengths=None, *, align: bool = True,
                  align_target: bool = True, batch_size: int | None = None, cache: bool = True,
                  grid_sources: int = 4, max_sources: int | None = None,
@@ -238,28 +246,29 @@ class Evaluator:
         from ..essence_mix import EssenceMix, parse_strengths
         from ..images import read_target
 
-        essences = [essences] if isinstance(essences, (str, os.PathLike)) else list(essences)
-        targets = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
-        if not essences:
-            raise OptionError("give at least one essence (essences)", parameter="essences")
-        if len(essences) != len(targets):
-            raise OptionError(
-                f"each essence needs its target image: got {len(essences)} essence(s) and {len(targets)} target(s) "
-                "(give essences and targets in pairs)", parameter="targets",
-            )
-        sweep = parse_strengths(strengths, parameter="strengths")
-        mix = EssenceMix(essences)  # loads and checks every essence before any work
-        generator = self.models.generator
-        mix.check(generator.n_latent, generator.style_dim, self.models.generator_label)
-        terms = mix.terms
-        labels = _unique_labels([t.label for t in terms])
-        target_images = [read_target(t) for t in targets]
-        source_items = resolve_sources(sources)
-        if max_sources is not None:
-            if max_sources < 1:
-                raise OptionError(f"max_sources must be at least 1, got {max_sources}", parameter="max_sources")
-            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="essencekit-eval-"))
-            source_items = limit_sources(source_items, max_sources, generator, Path(scratch))
+        with self._agreed():
+            essences = [essences] if isinstance(essences, (str, os.PathLike)) else list(essences)
+            targets = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
+            if not essences:
+                raise OptionError("give at least one essence (essences)", parameter="essences")
+            if len(essences) != len(targets):
+                raise OptionError(
+                    f"each essence needs its target image: got {len(essences)} essence(s) and {len(targets)} target(s) "
+                    "(give essences and targets in pairs)", parameter="targets",
+                )
+            sweep = parse_strengths(strengths, parameter="strengths")
+            mix = EssenceMix(essences)  # loads and checks every essence before any work
+            generator = self.models.generator
+            mix.check(generator.n_latent, generator.style_dim, self.models.generator_label)
+            terms = mix.terms
+            labels = _unique_labels([t.label for t in terms])
+            target_images = [read_target(t) for t in targets]
+            source_items = resolve_sources(sources)
+            if max_sources is not None:
+                if max_sources < 1:
+                    raise OptionError(f"max_sources must be at least 1, got {max_sources}", parameter="max_sources")
+                scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="essencekit-eval-"))
+                source_items = limit_sources(source_items, max_sources, generator, Path(scratch))
 
         judges = {name: self.judge(name) for name in self.judge_names}
         embedder = _Embedder(self.identity, judges, self.backend.device)
@@ -278,6 +287,8 @@ class Evaluator:
         measured: list = []  # (source, face) keys in order
         failures: list[dict] = []
         grid: dict = {}
+        positions: dict = {}  # key -> the source's place in the input list, to merge a job's shares in order
+        counted = _JobCount(self.group, progress)
         for index, info in enumerate(infos):
             first = index == 0
             run_strengths = ([0.0] if first else []) + info.strengths
@@ -289,8 +300,10 @@ class Evaluator:
                 if result.status == "failed":
                     if first:
                         failures.append({"source": result.source, "reason": result.reason})
+                        positions[result.source] = result.position
                     continue
                 key = (result.source, result.face)
+                positions[key] = result.position
                 strength = float(result.strength)
                 if first and strength == 0:
                     measured.append(key)
@@ -300,10 +313,13 @@ class Evaluator:
                 if key in grid or len(grid) < grid_sources:
                     grid.setdefault(key, {})[(None if strength == 0 else info.label, strength)] = \
                         _thumbnail(result.image)
-                if progress is not None:
-                    progress(1)
+                counted.add(1)
             embedder.flush()
-            if first and not measured:
+        if self.group is not None and self.group.launch.distributed:
+            measured, failures, grid = _merge_shares(self.group.gather(
+                (measured, failures, grid, positions, embedder.identity_out, embedder.clip_out)), embedder, grid_sources)
+        with self._agreed():
+            if not measured:
                 reasons = "; ".join(f"{f['source']}: {f['reason']}" for f in failures[:3])
                 raise EssencekitError(f"no source could be rendered{': ' + reasons if reasons else ''}")
         rows = self._rows(infos, target_embeddings, measured, embedder)
@@ -344,6 +360,43 @@ class Evaluator:
         return rows
 
 
+class _JobCount:
+    """Rendered images counted for ``progress``: the whole job's on rank 0 of a torchrun job
+    (through the group's counters), this process's otherwise."""
+
+    def __init__(self, group, progress: Callable[[int], None] | None):
+        self.group, self.progress, self.shown = group, progress, 0
+        self.distributed = group is not None and group.launch.distributed
+
+    def add(self, n: int) -> None:
+        if not self.distributed:
+            if self.progress is not None:
+                self.progress(n)
+            return
+        total = self.group.add("evaluate/images", n)
+        if self.progress is not None and self.group.is_main:
+            self.progress(total - self.shown)
+            self.shown = total
+
+
+def _merge_shares(shares, embedder: _Embedder, grid_sources: int):
+    """Every process's share of an evaluation as one, in input order: the measured keys, the
+    failures, the report's grid (its first ``grid_sources`` sources); the embeddings go into
+    ``embedder``."""
+    measured, failures, grid, positions = [], [], {}, {}
+    for keys, failed, thumbnails, where, identity_out, clip_out in shares:
+        measured += keys
+        failures += failed
+        grid.update(thumbnails)
+        positions.update(where)
+        embedder.identity_out.update(identity_out)
+        embedder.clip_out.update(clip_out)
+    measured.sort(key=lambda key: (positions[key], key[1] or 0))
+    failures.sort(key=lambda failure: positions[failure["source"]])
+    kept = sorted(grid, key=lambda key: (positions[key], key[1] or 0))[:grid_sources]
+    return measured, failures, {key: grid[key] for key in kept}
+
+
 def _unique_labels(labels: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     unique = []
@@ -355,7 +408,7 @@ def _unique_labels(labels: list[str]) -> list[str]:
 
 def evaluate(essences, targets, sources, strengths=None, *, identity_model=None, judges: Sequence[str] = DEFAULT_JUDGES,
              clip_weights: dict[str, str] | None = None, clip_input: str = "raw", encoder=None, generator=None, device=None, aligner=None,
-             notify: Callable[[str], None] | None = None, **options) -> Evaluation:
+             notify: Callable[[str], None] | None = None, group=None, **options) -> Evaluation:
     """Measure essences as the TargetCLIP paper does (see the module docstring).
 
     ``essences``: specs as transfer takes them (files or published names), paired by position
@@ -367,9 +420,10 @@ def evaluate(essences, targets, sources, strengths=None, *, identity_model=None,
     ``clip_input`` mode. Options:
     ``align`` (False: photos are aligned crops), ``align_target``, ``batch_size``, ``cache``
     (the W+ cache), ``grid_sources`` (thumbnails kept for the report), ``max_sources`` (measure
-    only the first N faces), ``progress`` (called with 1 per rendered image). Models: see :class:`Evaluator`.
+    only the first N faces), ``progress`` (called with 1 per rendered image). Models, and
+    ``group`` (a ``torchrun`` job's process group): see :class:`Evaluator`.
     """
     evaluator = Evaluator(encoder=encoder, generator=generator, device=device, aligner=aligner,
                           identity_model=identity_model, judges=judges, clip_weights=clip_weights,
-                          clip_input=clip_input, notify=notify)
+                          clip_input=clip_input, notify=notify, group=group)
     return evaluator.evaluate(essences, targets, sources, strengths, **options)

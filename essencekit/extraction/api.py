@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..chunked import plan_chunks
 from ..errors import EssencekitError, OptionError
 from ..essence import FORMAT_VERSION, Essence
 from ..images import Target, read_target
 from ..weights import weights_identity
 from .coefficients import WEIGHT_DECAY
-from .memory import plan_chunks
 from .optimise import OptimiseResult, OptimiseSettings, StepReport, evaluate_directions, optimise
 from .schedule import RAMPDOWN, RAMPUP
 from .settings import FAST_SIZE, ExtractSettings

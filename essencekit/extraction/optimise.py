@@ -2,7 +2,7 @@
 
 For restart ``k`` the edited latents are ``w_n + c[k, n] * d[k]`` for the N sources ``w_n``;
 the loop minimises ``lambda_t * transfer + lambda_c * consistency`` on their CLIP embeddings
-(see :mod:`.losses`) with Adam on ``d`` (scheduled learning rate, coupled weight decay) and
+(see :mod:`essencekit.clip_losses`) with Adam on ``d`` (scheduled learning rate, coupled weight decay) and
 one of the coefficient rules of :mod:`.coefficients`.
 
 The generator and the encoder are used as given, frozen: ``generator.synthesis(w_plus,
@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..chunked import backward_in_chunks, chunk_slices
+from ..clip_losses import total_loss
 from .coefficients import WEIGHT_DECAY, CoefficientRule
-from .losses import total_loss
 from .schedule import learning_rate
 from .settings import Recipe, declare, finite_number, whole_number
 
@@ -102,11 +103,6 @@ def render(generator, w_plus: Tensor, render_size: int | None = None) -> Tensor:
     return generator.synthesis(w_plus, noise="const")
 
 
-def chunk_slices(total: int, batch_size: int | None) -> list[slice]:
-    size = total if not batch_size else min(batch_size, total)
-    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
-
-
 def working_dtype(tensor: Tensor) -> torch.dtype:
     """float64 inputs keep float64 (rounding-free checks of the loop's invariants); everything
     else, half-precision autocast outputs included, is carried in float32."""
@@ -138,43 +134,6 @@ def _checkpointing(generator, enabled: bool):
         yield
     finally:
         generator.checkpoint_blocks = previous
-
-
-def backward_in_chunks(
-    embed_chunk: Callable[[slice], Tensor],
-    chunks: list[slice],
-    shape: tuple[int, int],
-    loss_fn: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
-    *,
-    two_pass: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Back-propagate ``loss_fn(E).sum()`` for the embeddings ``E`` [K, N, D] of all chunks
-    (``embed_chunk(part)`` renders and encodes one chunk of the K * N images) and return the
-    per-restart ``(loss, transfer, consistency)`` measured on them.
-
-    ``two_pass``: first every chunk without a graph, then the loss's gradient with respect to
-    the embeddings is pushed back through each chunk in turn (one chunk's graph alive at a
-    time); otherwise one graph over all chunks.
-    """
-    if not two_pass:
-        embeddings = torch.cat([embed_chunk(part) for part in chunks]).view(*shape, -1)
-        losses = loss_fn(embeddings)
-        losses[0].sum().backward()
-        return losses
-    with torch.no_grad():
-        parts = [embed_chunk(part) for part in chunks[:-1]]
-    # The last chunk keeps its graph from the first pass, and is back-propagated first: one
-    # forward less per step, and still never more than one chunk's graph alive.
-    last = embed_chunk(chunks[-1])
-    embeddings = torch.cat(parts + [last.detach()]).view(*shape, -1).requires_grad_(True)
-    losses = loss_fn(embeddings)
-    losses[0].sum().backward()
-    grad = embeddings.grad.view(shape[0] * shape[1], -1)
-    last.backward(grad[chunks[-1]])
-    del last
-    for part in chunks[:-1]:
-        embed_chunk(part).backward(grad[part])
-    return tuple(t.detach() for t in losses)
 
 
 def optimise(

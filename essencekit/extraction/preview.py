@@ -9,15 +9,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_path
-from ..images import SHEET_TILE
-
-
-def to_pil(image: Tensor):
-    """A [3, H, W] image in [-1, 1] as an 8-bit RGB PIL image."""
-    from PIL import Image
-
-    pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
+from ..images import SHEET_TILE, to_pil
 
 
 def strengths_for(recommended: float) -> list[float]:
@@ -56,3 +48,18 @@ def render_preview(
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return path
+
+
+def preview_on_sampled_sources(essence, path: str | os.PathLike, *, generator=None, device=None, count: int = 4) -> Path:
+    """The contact sheet of ``essence`` on ``count`` sources sampled from ``generator`` (default
+    ``stylegan2-ffhq``; seed 0, truncation 0.7): for an essence made without sources of its own
+    (``--method encoder``)."""
+    from ..api import load_generator
+    from ..backends import resolve_backend
+    from .sources import sample_latents
+
+    backend = resolve_backend(device)
+    model = load_generator(generator, backend)
+    sources = sample_latents(model, count, 0, "preview").to(backend.device)
+    return render_preview(model, sources, essence.direction, essence.recommended_strength, path,
+                          autocast=backend.autocast)

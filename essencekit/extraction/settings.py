@@ -10,59 +10,18 @@ Imports no torch: the CLI reads its defaults from here to print ``--help``.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
+from ..clip_losses import CONSISTENCY_FORMS
 from ..errors import OptionError
+from ..settings_fields import check_fields, declare, finite_number, one_of, true_or_false, whole_number
 
 #: The mapping network's truncation for sampled sources and random starts (the published recipe).
 TRUNCATION = 0.7
 #: The size ``fast`` renders at while optimising.
 FAST_SIZE = 256
 INIT_MODES = ("auto", "inversion", "random")
-CONSISTENCY_FORMS = ("raw", "normalized")
 COEFFICIENT_RULES = ("sign", "adam", "fixed")
-
-
-def whole_number(low: int, *, optional: bool = False):
-    def check(name: str, value) -> None:
-        if optional and value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise OptionError(f"{name} must be a whole number >= {low}, got {value!r}", parameter=name)
-
-    return check
-
-
-def finite_number(*, positive: bool = False, high: float | None = None, optional: bool = False):
-    def check(name: str, value) -> None:
-        if optional and value is None:
-            return
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value > 0 if positive else value >= 0) and (high is None or value <= high)
-        if not ok:
-            bound = ("> 0" if positive else ">= 0") + (f" and <= {high}" if high is not None else "")
-            raise OptionError(f"{name} must be a finite number {bound}, got {value!r}", parameter=name)
-
-    return check
-
-
-def one_of(choices: tuple[str, ...]):
-    def check(name: str, value) -> None:
-        if value not in choices:
-            raise OptionError(f"{name} must be one of {', '.join(choices)}, got {value!r}", parameter=name)
-
-    return check
-
-
-def true_or_false(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise OptionError(f"{name} must be True or False, got {value!r}", parameter=name)
-
-
-def declare(default, check):
-    """A field's default and its check, declared together."""
-    return field(default=default, metadata={"check": check})
 
 
 @dataclass
@@ -85,10 +44,7 @@ class Recipe:
     def validate(self):
         """Check every field (in declaration order), then how they combine; returns ``self``.
         Raises :class:`~essencekit.errors.OptionError` for the first value that cannot work."""
-        for spec in fields(self):
-            check = spec.metadata.get("check")
-            if check is not None:
-                check(spec.name, getattr(self, spec.name))
+        check_fields(self)
         if self.lambda_transfer == 0 and self.lambda_consistency == 0:
             raise OptionError(
                 "lambda_transfer and lambda_consistency are both 0: there is nothing to optimise",

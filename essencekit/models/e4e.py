@@ -463,7 +463,11 @@ def load_encoder_checkpoint(path: str | os.PathLike) -> E4E:
     :class:`EssencekitError` for a file that is not an e4e checkpoint, missing keys, or an
     encoder whose number of codes does not match its decoder.
     """
-    loaded = load_checkpoint(path, what=_WHAT)
+    return e4e_from_checkpoint(load_checkpoint(path, what=_WHAT), path)
+
+
+def e4e_from_checkpoint(loaded: Any, path: str | os.PathLike) -> E4E:
+    """:func:`load_encoder_checkpoint` for a checkpoint already read from ``path``."""
     checkpoint = require_mapping(loaded, path, _WHAT)
     if "state_dict" in checkpoint:
         state_dict = require_mapping(checkpoint["state_dict"], path, _WHAT)

@@ -4,20 +4,28 @@
 :func:`transfer` and :func:`invert` are one-shot shortcuts. Both return a :class:`Run`, an
 iterable of :class:`~essencekit.transfers.pipeline.Result` (one per output file, skipped output
 or failed input); options are checked and existing outputs refused when the run is created,
-the work happens while it is iterated.
+the work happens while it is iterated. Under ``torchrun``, a :class:`Transferrer` given the
+job's :class:`~essencekit.distributed.ProcessGroup` (``group``) works on its rank's share of the
+sources and :meth:`Run.results` gives the job's results on rank 0 (docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from ..distributed import Launch
 from ..errors import EssencekitError, OptionError, braced
 from ..images import DEFAULT_MAX_PIXELS
 from .pipeline import Pipeline, Result, Settings
+from .sharding import merge, portable, shard_positions
 from .writing import FORMATS
 
 DEFAULT_OUTPUT = Path("essencekit-out")
@@ -26,27 +34,99 @@ FACES = ("largest", "all")
 PASTE = ("difference", "edited")
 
 TransferResult = InversionResult = Result
+# how often a process that has finished its share looks whether the others have
+POLL_SECONDS = 0.5
+# every rank makes the job's runs in the same order, so the n-th run has one name job-wide
+_run_numbers = itertools.count()
 
 
 class Run:
     """The results of one run, produced while it is iterated (once); ``total`` is the number
-    of sources found, ``batch_size`` the faces per model pass."""
+    of sources found, ``batch_size`` the faces per model pass.
 
-    def __init__(self, pipeline: Pipeline, items: list):
+    In a job of several processes (a ``group`` under ``torchrun``) each takes its share of the
+    sources (:mod:`.sharding`): iterating gives this process's results, :meth:`results` the
+    job's. ``progress``, when set, is called on rank 0 (in one process: always) with the job's
+    count of finished sources and of their faces, as sources finish."""
+
+    def __init__(self, pipeline: Pipeline, items: list, group=None):
         self.pipeline = pipeline
-        self.items = items
+        self.group = group
+        self.launch = group.launch if group is not None else Launch()
         self.total = len(items)
+        named = [item.outputs is not None or bool(item.failure) for item in items]
+        self.items = [items[p] for p in shard_positions([item.base for item in items], named, self.launch)]
         self.batch_size = pipeline.batch_size()
+        self.progress: Callable[[int, int], None] | None = None
+        self._name = f"run{next(_run_numbers)}"
+        self._done = (0, 0)
         self._started = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.launch.is_main
 
     def __iter__(self) -> Iterator[Result]:
         if self._started:
             raise RuntimeError("a transfer run can be iterated only once; start another run")
         self._started = True
-        return self.pipeline.run(self.items, self.batch_size)
+        return self._counted(self.pipeline.run(self.items, self.batch_size))
 
     def __len__(self) -> int:
         return self.total
+
+    def results(self) -> Iterator[Result]:
+        """The job's results, in input order. In one process, as they are made (iterating the
+        run); in a job of several, on rank 0 once every process has finished its share, and
+        none on the others. Results that cross from another process leave the image and the
+        W+ tensor behind: iterate the run for those."""
+        if not self.launch.distributed:
+            yield from self
+            return
+        parts = self.group.collect([portable(result) for result in self])
+        if parts is not None:
+            yield from merge(parts)
+
+    # -- the job's progress -----------------------------------------------------------------------
+
+    def _counted(self, results: Iterator[Result]) -> Iterator[Result]:
+        for result in results:
+            yield result
+            if result.last:
+                self._count(1, result.faces if result.status != "failed" else 0)
+        if self.launch.distributed:
+            self._wait_for_the_others()
+
+    def _count(self, sources: int, faces: int) -> None:
+        if self.launch.distributed:
+            self._done = (self.group.add(f"{self._name}/sources", sources), self.group.add(f"{self._name}/faces", faces))
+        else:
+            self._done = (self._done[0] + sources, self._done[1] + faces)
+        if self.progress is not None and self.is_main:
+            self.progress(*self._done)
+
+    def _wait_for_the_others(self) -> None:
+        # what follows (merging the results) is a collective, which gives up after its timeout
+        # (30 minutes for gloo, 10 for nccl): a rank that finished long before the slowest one
+        # waits here instead, on the store, and rank 0 keeps showing the job's progress
+        self.group.add(f"{self._name}/finished", 1)
+        while self.group.add(f"{self._name}/finished") < self.launch.world_size:
+            self._count(0, 0)
+            time.sleep(POLL_SECONDS)
+        self._count(0, 0)
+
+
+def _together(method):
+    """Make a run as one step of the whole job (:meth:`ProcessGroup.together`): a refusal
+    (an option, an existing output) stops every rank at once and is reported once, and no
+    rank starts writing before every rank has checked what exists."""
+
+    @functools.wraps(method)
+    def make(self, *args, **kwargs):
+        with self.group.together() if self.group is not None else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+
+    return make
 
 
 class Transferrer:
@@ -57,14 +137,17 @@ class Transferrer:
     edits (path, artifact name or loaded model); by default the encoder's embedded decoder,
     the generator e4e was trained to invert into. ``device``: a backend name, ``torch.device``
     or :class:`~essencekit.backends.Backend`. ``aligner``: a face aligner name (default: dlib
-    when installed). ``notify`` receives one-line notices.
+    when installed). ``notify`` receives one-line notices. ``group``: the job's
+    :class:`~essencekit.distributed.ProcessGroup` under ``torchrun`` (its backend is the device
+    when ``device`` is not given); runs then share their sources out among its processes.
     """
 
     def __init__(self, *, encoder=None, generator=None, device=None, aligner=None,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, group=None):
         from ..backends import resolve_backend
 
-        self.backend = resolve_backend(device)
+        self.group = group
+        self.backend = resolve_backend(group.backend if device is None and group is not None else device)
         self.notify = notify or (lambda message: None)
         self._encoder_spec = encoder
         self._generator_spec = generator
@@ -91,7 +174,10 @@ class Transferrer:
 
                 path, self.encoder_label, self.encoder_sha256 = weights_identity(spec, "e4e-ffhq")
                 model = load_encoder_checkpoint(path)
-            self._encoder = self.backend.prepare(model)
+            from ..models.e4e_inference import inference_form
+
+            # runs only invert: the BatchNorm-folded form computes the same codes with less work
+            self._encoder = inference_form(self.backend.prepare(model))
             self._check_pair()
         return self._encoder
 
@@ -140,6 +226,7 @@ class Transferrer:
 
     # -- runs -----------------------------------------------------------------------------------
 
+    @_together
     def transfer(
         self, inputs, essence, strength=None, *, output: str | os.PathLike | None = None, layers: str | None = None,
         faces: str = "largest", align: bool = True, crops: bool = False, paste: str = "difference",
@@ -169,6 +256,7 @@ class Transferrer:
         )
         return self._run(settings, inputs, recursive, mix)
 
+    @_together
     def invert(
         self, inputs, *, output: str | os.PathLike | None = None, faces: str = "largest", align: bool = True,
         recursive: bool = False, overwrite: bool = False, skip_existing: bool = False, batch_size: int | None = None,
@@ -218,7 +306,7 @@ class Transferrer:
             self.notify(skipped)
         pipeline = Pipeline(self, settings, mix, notify=self.notify)
         items = pipeline.start(sources)
-        return Run(pipeline, items)
+        return Run(pipeline, items, self.group)
 
 
 def _check_output_folder(output: Path) -> None:
@@ -238,7 +326,7 @@ def _check_choice(name: str, value, choices) -> None:
 
 
 def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, device=None, aligner=None,
-             notify: Callable[[str], None] | None = None, **options) -> Run:
+             notify: Callable[[str], None] | None = None, group=None, **options) -> Run:
     """Apply an essence to every face in ``inputs`` and give back whole photos.
 
     ``inputs``: photo files, folders (``recursive=True`` for sub-folders), glob patterns, W+
@@ -255,7 +343,7 @@ def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, de
     (``"difference"``, the default, or ``"edited"``), ``format`` (``png``, ``jpg``, ``webp``),
     ``quality``, ``overwrite``, ``skip_existing``, ``grid``, ``batch_size``, ``max_pixels``,
     ``cache`` (the W+ cache), ``workers`` (background threads; default: none on the CPU).
-    Models: see :class:`Transferrer`.
+    Models, and ``group`` (a ``torchrun`` job's process group): see :class:`Transferrer`.
 
     Returns a :class:`Run`: iterate it to do the work; each item is a
     :class:`~essencekit.transfers.pipeline.Result`. Bad inputs are failed results, not
@@ -264,12 +352,13 @@ def transfer(inputs, essence, strength=None, *, encoder=None, generator=None, de
     and outputs that would replace an input :class:`~essencekit.errors.EssencekitError`, before
     any work.
     """
-    models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner, notify=notify)
+    models = Transferrer(encoder=encoder, generator=generator, device=device, aligner=aligner, notify=notify,
+                         group=group)
     return models.transfer(inputs, essence, strength, **options)
 
 
 def invert(inputs, *, encoder=None, device=None, aligner=None, notify: Callable[[str], None] | None = None,
-           **options) -> Run:
+           group=None, **options) -> Run:
     """Invert every face in ``inputs`` into W+ with e4e.
 
     Options as :func:`transfer` (``output``, ``faces``, ``align``, ``recursive``,
@@ -278,5 +367,5 @@ def invert(inputs, *, encoder=None, device=None, aligner=None, notify: Callable[
     [n_latent, style_dim] and metadata: source file and sha256, face index, crop quad); each
     result carries ``w_plus`` and the crop ``transform`` either way.
     """
-    models = Transferrer(encoder=encoder, device=device, aligner=aligner, notify=notify)
+    models = Transferrer(encoder=encoder, device=device, aligner=aligner, notify=notify, group=group)
     return models.invert(inputs, **options)

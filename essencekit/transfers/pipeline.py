@@ -36,6 +36,7 @@ from ..inputs import InputFiles, Source, path_key
 from ..latent_cache import NO_ALIGN, CachedFace, CacheRecord, LatentCache
 from .concurrency import OrderedPool, ordered_map
 from .naming import NameRegistry, output_name, plan_bases
+from .timing import OFF, TimedAligner
 from .writing import extension, save_image
 
 FEATHER = 0.1
@@ -51,7 +52,8 @@ class Result:
     (``invert``), ``"input"`` (a failure). ``face``: the face index for a crop or latent;
     ``strength``: the strength asked for (``None``: the essences' recommended ones).
     ``faces``: faces processed in this source; ``last``: the last result of its source;
-    ``notes``: detections that were skipped (a face too small, ...).
+    ``notes``: detections that were skipped (a face too small, ...); ``position``: the
+    source's place in the run's input list.
     """
 
     source: str
@@ -68,6 +70,7 @@ class Result:
     image: object = None
     w_plus: Tensor | None = None
     transform: dict | None = None
+    position: int = 0
 
     def to_json(self) -> dict:
         data = {
@@ -134,6 +137,7 @@ class Item:
     notes: list[str] = field(default_factory=list)
     outputs: list[Planned] | None = None
     failure: str = ""
+    position: int = 0
 
     @property
     def done(self) -> bool:
@@ -178,6 +182,7 @@ class Pipeline:
         self.deltas: list[Tensor] = []
         self.sweep = settings.strengths if settings.strengths is not None else [None]
         self.ext = extension(settings.fmt)
+        self.timings = OFF  # a benchmark sets a timing.Timings to see where each photo's time goes
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -188,7 +193,8 @@ class Pipeline:
         s = self.settings
         models = self.models
         # names first: refusing a clash must not wait for the models (nor need them installed)
-        items = [Item(src, base) for src, base in zip(sources, plan_bases([src.rel for src in sources]))]
+        bases = plan_bases([src.rel for src in sources])
+        items = [Item(src, base, position=i) for i, (src, base) in enumerate(zip(sources, bases))]
         essence_files = [t.path for t in self.mix.terms if t.path is not None] if self.mix is not None else []
         self.inputs = InputFiles([src.path for src in sources if not src.error] + essence_files)
         self._input_keys = sorted(self.inputs.by_key)
@@ -356,7 +362,8 @@ class Pipeline:
             not usable or any(f.index not in record.latents for f in wanted) or s.grid
             or (s.mode == "transfer" and not s.crops)
         )
-        photo = read_image(path, max_pixels=s.max_pixels) if needs_photo else None
+        with self.timings.section("decode"):
+            photo = read_image(path, max_pixels=s.max_pixels) if needs_photo else None
         if photo is None and s.max_pixels is not None:
             check_image_size(path, max_pixels=s.max_pixels)
         if usable and not wanted:
@@ -365,7 +372,8 @@ class Pipeline:
             faces = [self._cached_face(f, record, photo) for f in wanted]
             item.notes = [r["message"] for r in record.rejected if r.get("reason") == "too-small"]
         else:
-            faces, rejected = self._detect(photo)
+            with self.timings.section("align"):
+                faces, rejected = self._detect(photo)
             item.notes = [r.message for r in rejected if r.reason == "too-small"]
             record = CacheRecord(
                 mode,
@@ -383,7 +391,8 @@ class Pipeline:
         for face, w in faces:
             work = FaceWork(face.index, face, None, w)
             if w is None:
-                work.crop = face.crop_tensor(size=size)
+                with self.timings.section("align"):
+                    work.crop = face.crop_tensor(size=size)
             if not s.grid:
                 face.crop = None  # the 1024 px crop is only shown in a grid
             item.faces.append(work)
@@ -395,7 +404,8 @@ class Pipeline:
 
         if not self.settings.align:
             return [face_from_aligned_crop(photo)], []
-        faces = align_faces(photo, aligner=self.models.aligner, which=self.settings.faces)
+        aligner = self.models.aligner if self.timings is OFF else TimedAligner(self.models.aligner, self.timings)
+        faces = align_faces(photo, aligner=aligner, which=self.settings.faces)
         return list(faces), list(faces.rejected)
 
     def _cached_face(self, cached: CachedFace, record: CacheRecord, photo):
@@ -446,7 +456,7 @@ class Pipeline:
                 x = torch.cat([f.crop for f in chunk]).to(backend.device)
                 if backend.channels_last:  # as the encoder's weights are (Backend.prepare)
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.no_grad(), backend.autocast():
+                with torch.no_grad(), backend.autocast(), self.timings.section("encode"):
                     codes = e4e.invert(x)
                 for f, w in zip(chunk, codes.float().cpu()):
                     f.w, f.crop = w, None
@@ -467,9 +477,9 @@ class Pipeline:
         generator = models.generator
         for chunk in _chunks(jobs, batch_size):
             w = torch.stack([latent for _, _, latent in chunk]).to(backend.device)
-            with torch.no_grad(), backend.autocast():
-                images = generator.synthesis(w, noise="const")
-            for (f, key, _), pixels in zip(chunk, to_uint8(images)):
+            with torch.no_grad(), backend.autocast(), self.timings.section("synthesise"):
+                images = to_uint8(generator.synthesis(w, noise="const"))
+            for (f, key, _), pixels in zip(chunk, images):
                 f.images[key] = pixels
         for item in batch:
             for f in item.faces:
@@ -534,7 +544,7 @@ class Pipeline:
     def finalize(self, item: Item) -> list[Result]:
         s = self.settings
         common = dict(source=item.source.display, essence=self.mix.label if self.mix is not None else "",
-                      faces=len(item.faces), notes=item.notes)
+                      faces=len(item.faces), notes=item.notes, position=item.position)
         if item.failure:
             common["notes"] = []  # a face too small is the failure itself
             return [Result(status="failed", kind="input", reason=item.failure, **common)]
@@ -554,12 +564,14 @@ class Pipeline:
                 else:
                     self._write_latent(item, face, planned.path)
             else:
-                image = self._render(item, planned)
+                with self.timings.section("paste"):
+                    image = self._render(item, planned)
                 if planned.path is None:
                     result.status, result.image = "done", image
                 else:
-                    save_image(image, planned.path, "png" if planned.kind == "grid" else s.fmt,
-                               quality=s.quality, metadata=self._metadata(item, planned))
+                    with self.timings.section("write"):
+                        save_image(image, planned.path, "png" if planned.kind == "grid" else s.fmt,
+                                   quality=s.quality, metadata=self._metadata(item, planned))
             results.append(result)
         item.photo, item.faces = None, []
         return results
@@ -584,6 +596,10 @@ class Pipeline:
         size depends on the device's free memory, so asking again could give another."""
         s = self.settings
         readers, writers = self.models.backend.io_workers() if s.workers is None else (s.workers, s.workers)
+        # the backend's split of the cores between the models and these threads, and its
+        # allocator settings, hold while the run computes (Backend.inference_session)
+        session = contextlib.ExitStack()
+        session.enter_context(self.models.backend.inference_session(readers + writers))
         prepared = ordered_map(self.prepare, items, readers, 2 * batch_size, "essencekit-read")
         # room for a whole batch behind the one being written, so the device never waits on the disk
         writer = OrderedPool(writers, 2 * batch_size + writers, "essencekit-write")
@@ -627,6 +643,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 prepared.close()
             writer.close()
+            session.close()
 
     @staticmethod
     def _emit(groups) -> Iterator[Result]:

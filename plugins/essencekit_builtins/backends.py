@@ -6,6 +6,7 @@ backends (every command does) must not cost torch's import (a second or more).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -60,6 +61,14 @@ def tune_malloc() -> bool:
     return _malloc_tuned
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, as taskset and Slurm set it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class CPUBackend(Backend):
     """The CPU in float32.
 
@@ -86,6 +95,29 @@ class CPUBackend(Backend):
         # no threads: they would take cores from the models, which already use them all
         return 0, 0
 
+    def compute_threads(self, io_threads):
+        # readers and writers asked for (workers=N) share the cores with torch's threads: an
+        # intra-op region waits for its slowest thread, so one descheduled by an I/O thread
+        # holds up the whole pass; the models keep the cores the I/O threads leave
+        if io_threads <= 0:
+            return None
+        import torch
+
+        return max(1, torch.get_num_threads() - io_threads)
+
+    @contextlib.contextmanager
+    def inference_session(self, io_threads=0):
+        # freed feature maps kept for the next photo instead of faulted in again (malloc.py)
+        from .malloc import reuse_freed_blocks
+
+        with super().inference_session(io_threads), reuse_freed_blocks():
+            yield
+
+    def threads_per_process(self, local_processes):
+        # torchrun's processes on one machine share its cores: each takes an equal part, as one
+        # process with every core is what each would otherwise assume
+        return max(1, usable_cores() // max(1, local_processes))
+
     @property
     def device(self):
         import torch
@@ -102,6 +134,8 @@ class CUDABackend(Backend):
     description = "NVIDIA GPUs through CUDA, bf16 autocast (fp16 on GPUs without bf16), TF32 matmuls"
     priority = 30
     channels_last = True  # tensor cores read NHWC; convolutions skip a layout copy
+    process_group_backend = "nccl"
+    device_per_process = True  # torchrun's process LOCAL_RANK computes on cuda:LOCAL_RANK
 
     def memory_budget(self):
         import torch

@@ -216,6 +216,24 @@ CELEBS = WeightArtifact(
     extra={"shape": (68, 18, 512)},
 )
 
+# the commit that added pretrained_models/encoder_sources.pt to hila-chefer/TargetCLIP
+_ENCODER_SOURCES_COMMIT = "ec34170c448f936a77c8d08a6df35f6b28f0d482"
+_ENCODER_SOURCES_RAW = "https://raw.githubusercontent.com/hila-chefer/TargetCLIP/{ref}/pretrained_models/encoder_sources.pt"
+
+ENCODER_SOURCES = WeightArtifact(
+    name="encoder-sources",
+    kind="latents",
+    group="training",
+    filename="encoder_sources.pt",
+    urls=tuple(_ENCODER_SOURCES_RAW.format(ref=ref) for ref in (_ENCODER_SOURCES_COMMIT, "main")),
+    size=None,  # about 0.2 MB (5 x 18 x 512 float32); the exact size could not be read from here
+    sha256=None,  # not readable from here: trusted on first use, then pinned in the user's cache
+    license=_NO_LICENSE,
+    description="the 5 source W+ latents the TargetCLIP encoder variant trains with ((5, 18, 512), train-encoder)",
+    source=f"hila-chefer/TargetCLIP pretrained_models/encoder_sources.pt at {_ENCODER_SOURCES_COMMIT[:12]}",
+    extra={"shape": (5, 18, 512)},
+)
+
 # name -> sha256 of dirs/<name>.npy, as in tests/fixtures/targetclip-SHA256SUMS (checked by test_pull_weights)
 ESSENCE_SHA256 = {
     "ariel": "701f5be7e01107276497e60f424e75821346efece62146c9ff2cb55bf0491b64",
@@ -261,7 +279,7 @@ def _essence(name: str, sha256: str) -> WeightArtifact:
 ESSENCES = tuple(_essence(name, sha) for name, sha in ESSENCE_SHA256.items())
 
 ARTIFACTS = (
-    STYLEGAN2_FFHQ, E4E_FFHQ, CLIP_VIT_B_32, CLIP_RN50, ARCFACE_IR_SE50, CELEBS, *ESSENCES,
+    STYLEGAN2_FFHQ, E4E_FFHQ, CLIP_VIT_B_32, CLIP_RN50, ARCFACE_IR_SE50, CELEBS, ENCODER_SOURCES, *ESSENCES,
     CLIP_VIT_B_32_HF, CLIP_RN50_HF,
 )
 
