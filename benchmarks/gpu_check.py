@@ -360,11 +360,9 @@ def check_torchrun(backend, options, limit: float) -> dict:
         _training_photos(root / "train", 2)
         me = [str(Path(__file__).resolve()), "--distributed-worker"]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-        runs = {}
         for name, command in (("two", [*launcher, *me, "two", "1", folder, backend.name]),
                               ("one", [sys.executable, *me, "one", "2", folder, backend.name])):
             done = subprocess.run(command, capture_output=True, text=True, timeout=limit / 2, env=_child_env())
-            runs[name] = done.returncode
             if done.returncode:
                 return {"pass": False, "error": f"{name}: exit {done.returncode}: {done.stderr[-2000:]}"}
         two, one = (torch.load(root / n / "last.pt", weights_only=True)["state_dict"] for n in ("two", "one"))
@@ -372,8 +370,9 @@ def check_torchrun(backend, options, limit: float) -> dict:
                  if k.startswith("encoder.")}
     moved = max(float((one[k].double() - start[k].double()).abs().max()) for k in one)
     apart = max(float((two[k].double() - one[k].double()).abs().max()) for k in one)
-    return {"pass": moved > 1e-4 and apart < 1e-3 * moved, "moved": moved, "two_vs_one": apart,
-            "tolerance": "two_vs_one < 1e-3 x moved", "process_group_backend": backend.process_group_backend}
+    # 1e-2, not the CPU test's 1e-3: TF32 kernels round batches of 1 and 2 differently
+    return {"pass": moved > 1e-4 and apart < 1e-2 * moved, "moved": moved, "two_vs_one": apart,
+            "tolerance": "two_vs_one < 1e-2 x moved", "process_group_backend": backend.process_group_backend}
 
 
 # --------------------------------------------------------------------------------------------

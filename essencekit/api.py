@@ -71,7 +71,7 @@ def load_identity_model(path: str | os.PathLike | None = None, device: DeviceLik
 def load_clip(name: str | None = None, device: DeviceLike = None, **options):
     """Load a registered CLIP variant (``None``: the highest-priority one, ViT-B/32 among the
     built-ins); see :func:`essencekit.clip.load_clip` for ``options`` (``input_mode``,
-    ``generator_size``, ``weights``)."""
+    ``generator_size``, ``weights``, ``text``: also keep the text tower)."""
     from .clip import load_clip as _load_clip
 
     return _load_clip(name, device, **options)

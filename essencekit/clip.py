@@ -198,6 +198,21 @@ def build_clip_visual(
     ``num_batches_tracked`` counters (unused in eval mode) are filled with zeros. Anything else
     missing, unexpected or of another shape raises a one-line :class:`EssencekitError`.
     """
+    return build_clip_towers(variant, state_dict, source=source)[0]
+
+
+def build_clip_towers(
+    variant: ClipVariant, state_dict: dict[str, torch.Tensor], *, source: str | os.PathLike = "state dict",
+    text: bool = False,
+) -> tuple[nn.Module, ClipTextTower | None]:
+    """As :func:`build_clip_visual`, from the same one strict load: ``(image tower, text
+    tower)``, the text tower (a :class:`ClipTextTower`) only when ``text`` is true, else
+    ``None`` (it is discarded, as :func:`build_clip_visual` does). Keeping it costs no extra
+    read: the file holds both towers and both are checked anyway."""
+    if text:
+        tokenizer_problem = _tokenizer_problem(variant)
+        if tokenizer_problem:
+            raise EssencekitError(f"CLIP {variant.name}: {tokenizer_problem}")
     model = build_clip_model(variant, device="meta")
     expected = model.state_dict()
     state = {k: v for k, v in state_dict.items() if k not in _OPENAI_METADATA_KEYS}
@@ -224,17 +239,85 @@ def build_clip_visual(
         )
     model.load_state_dict(state, strict=True, assign=True)
     visual = model.visual
-    del model  # the text tower goes with it: only image embeddings are needed
-    leftover = [n for n, t in list(visual.named_parameters()) + list(visual.named_buffers()) if t.is_meta]
-    if leftover:  # a non-persistent buffer of an unusual tower: cannot come from a file
-        raise EssencekitError(
-            f"CLIP {variant.name}: the image tower has tensors no state dict can fill ({leftover[0]}); "
-            "this open_clip config is not supported"
-        )
+    text_tower = None
+    if text:
+        del model.visual  # the text tower keeps the rest: embeddings, transformer, projection
+        text_tower = ClipTextTower(model, variant)
+        _check_materialised(text_tower, variant, "text")
+    del model  # without text, the text tower goes with it: only image embeddings are needed
+    _check_materialised(visual, variant, "image")
     visual = visual.float()
     for param in visual.parameters():
         param.requires_grad_(False)
-    return visual.eval()
+    return visual.eval(), text_tower
+
+
+def _check_materialised(tower: nn.Module, variant: ClipVariant, which: str) -> None:
+    leftover = [n for n, t in list(tower.named_parameters()) + list(tower.named_buffers()) if t.is_meta]
+    if leftover:  # a non-persistent buffer of an unusual tower: cannot come from a file
+        raise EssencekitError(
+            f"CLIP {variant.name}: the {which} tower has tensors no state dict can fill ({leftover[0]}); "
+            "this open_clip config is not supported"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# the text tower (only built when a text target is given)
+
+
+def _tokenizer_problem(variant: ClipVariant) -> str:
+    """Why open_clip's CLIP tokenizer does not fit ``variant``'s text tower ('' when it does)."""
+    text_cfg = variant.open_clip_config.get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name"):
+        return "its text tower uses a Hugging Face tokenizer; text targets support open_clip's CLIP tokenizer only"
+    vocab = int(text_cfg.get("vocab_size", 49408))
+    needed = len(_tokenizer(int(text_cfg.get("context_length", 77))).encoder)
+    if vocab < needed:
+        return f"its text tower has a vocabulary of {vocab} tokens, open_clip's CLIP tokenizer needs {needed}"
+    return ""
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    # OpenAI's byte-pair encoding, shipped inside the open_clip package: no download
+    return SimpleTokenizer(context_length=context_length)
+
+
+def tokenize(texts: str | list[str], variant: ClipVariant) -> torch.Tensor:
+    """``[B, context_length]`` token ids of ``texts`` by open_clip's CLIP tokenizer (OpenAI's
+    BPE, lower-cased and whitespace-cleaned, start and end tokens, zero padding, truncated to
+    the variant's context length with the end token kept)."""
+    context_length = int(variant.open_clip_config.get("text_cfg", {}).get("context_length", 77))
+    return _tokenizer(context_length)([texts] if isinstance(texts, str) else list(texts))
+
+
+class ClipTextTower(nn.Module):
+    """The text half of an open_clip model (its image tower removed), frozen, float32, eval
+    mode: ``forward(tokens [B, L]) -> [B, embed_dim]``, open_clip's own ``encode_text``."""
+
+    def __init__(self, model: nn.Module, variant: ClipVariant):
+        super().__init__()
+        # the causal mask is a non-persistent buffer (built, not read, so still on ``meta``):
+        # open_clip's form, -inf above the diagonal
+        for module in model.modules():
+            mask = module._buffers.get("attn_mask")
+            if mask is not None and mask.is_meta:
+                module.register_buffer(
+                    "attn_mask", torch.full(tuple(mask.shape), float("-inf")).triu_(1), persistent=False
+                )
+        self.model = model.float()
+        self.variant = variant
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,14 +368,18 @@ class ClipEncoder(nn.Module):
     ``encode_generated(images)`` takes generator outputs ``[B, 3, S, S]`` in [-1, 1] (any
     ``S``) and returns ``[B, embed_dim]`` float32 embeddings, not normalised, differentiable
     with respect to ``images``. ``encode_target(image)`` takes a PIL image (or a path) and
-    returns ``[1, embed_dim]`` without autograd history. The module stays in eval mode:
-    ``train()`` does not switch BatchNorm statistics (RN50) back on.
+    returns ``[1, embed_dim]`` without autograd history. ``encode_text(texts)`` embeds texts
+    with the text tower, when the encoder was loaded with one (``load_clip(..., text=True)``).
+    The module stays in eval mode: ``train()`` does not switch BatchNorm statistics (RN50)
+    back on.
     """
 
-    def __init__(self, visual: nn.Module, variant: ClipVariant, *, input_mode: str = "raw", generator_size: int = 1024):
+    def __init__(self, visual: nn.Module, variant: ClipVariant, *, input_mode: str = "raw", generator_size: int = 1024,
+                 text: ClipTextTower | None = None):
         super().__init__()
         _check_options(input_mode, generator_size)
         self.visual = visual
+        self.text = text
         self.variant = variant
         self.input_mode = input_mode
         self.generator_size = int(generator_size)
@@ -355,6 +442,22 @@ class ClipEncoder(nn.Module):
     def encode_target(self, image) -> torch.Tensor:
         return self._embed(self.preprocess_target(image))
 
+    @property
+    def has_text(self) -> bool:
+        """Whether the text tower was loaded (``load_clip(..., text=True)``)."""
+        return self.text is not None
+
+    @torch.no_grad()
+    def encode_text(self, texts: str | list[str]) -> torch.Tensor:
+        """``[B, embed_dim]`` float embeddings (not normalised) of ``texts`` by CLIP's text
+        tower, tokenized by open_clip's CLIP tokenizer (:func:`tokenize`)."""
+        if self.text is None:
+            raise EssencekitError(
+                f"this CLIP {self.variant.name} encoder was loaded without its text tower: load it with text=True"
+            )
+        tokens = tokenize(texts, self.variant).to(self.device)
+        return self.text(tokens).to(self.dtype)
+
 
 def _check_options(input_mode: str, generator_size: int) -> None:
     if input_mode not in INPUT_MODES:
@@ -370,6 +473,7 @@ def load_clip(
     input_mode: str = "raw",
     generator_size: int = 1024,
     weights: str | os.PathLike | None = None,
+    text: bool = False,
 ) -> ClipEncoder:
     """Load the registered CLIP variant ``name`` (``"ViT-B/32"``, ``"RN50"``; ``None`` for the
     highest-priority one, ViT-B/32 among the built-ins) as a frozen
@@ -380,7 +484,9 @@ def load_clip(
     open_clip's layout; ``None`` takes the variant's artifact from essencekit's cache (an
     error names the ``essencekit pull-weights`` command when it is missing). ``input_mode``
     is ``"raw"`` or ``"standard"``; ``generator_size`` is the size raw-mode targets are
-    brought to before the resize generated images get.
+    brought to before the resize generated images get. ``text``: also keep the text tower
+    (from the same read of the same file) for :meth:`ClipEncoder.encode_text`; without it the
+    text tower is checked and discarded, as before.
     """
     from .backends import resolve_backend
 
@@ -391,6 +497,6 @@ def load_clip(
 
     path = resolve_weights(weights, variant.weights)
     state = read_clip_state_dict(path, artifact=variant.weights)
-    visual = build_clip_visual(variant, state, source=path)
-    encoder = ClipEncoder(visual, variant, input_mode=input_mode, generator_size=generator_size)
+    visual, text_tower = build_clip_towers(variant, state, source=path, text=text)
+    encoder = ClipEncoder(visual, variant, input_mode=input_mode, generator_size=generator_size, text=text_tower)
     return backend.prepare(encoder)

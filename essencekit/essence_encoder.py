@@ -73,6 +73,21 @@ class EssenceEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(images)
 
+    def for_inference(self) -> EssenceEncoder:
+        """A copy for extraction only: e4e's BatchNorms folded into its convolutions (the same
+        directions with less work, :mod:`essencekit.models.e4e_inference`); this one is not
+        changed, and training it does not change the copy."""
+        from .models.e4e import Encoder4Editing
+        from .models.e4e_inference import FoldedEncoder
+
+        if type(self.encoder) is not Encoder4Editing:
+            return self
+        with torch.no_grad():
+            folded = FoldedEncoder(self.encoder)
+        model = EssenceEncoder(folded, self.metadata)
+        model.training = False  # not eval(): the unfolded modules it shares keep their own mode
+        return model
+
     @torch.no_grad()
     def directions(self, images: torch.Tensor) -> torch.Tensor:
         """Essence directions of ``images`` without autograd history, in eval mode (BatchNorm

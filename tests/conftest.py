@@ -160,21 +160,26 @@ def tiny_clip_plugin(register_plugin):
     return variant
 
 
-@pytest.fixture(scope="session")
-def tiny_clip_weights(tmp_path_factory) -> Path:
-    """A .safetensors file of random weights (seed 0) for ``test-tiny-vit``."""
+def save_random_clip_weights(variant, seed: int, path: Path) -> Path:
+    """A .safetensors file of ``variant``'s weights drawn from ``seed`` (the global random state
+    is left as it was)."""
     import torch
     from safetensors.torch import save_file
 
     from essencekit.clip import build_clip_model
 
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = build_clip_model(tiny_clip_variant())
+    torch.manual_seed(seed)
+    model = build_clip_model(variant)
     torch.random.set_rng_state(generator_state)
-    path = tmp_path_factory.mktemp("tiny-clip") / "tiny-vit.safetensors"
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tmp_path_factory) -> Path:
+    """A .safetensors file of random weights (seed 0) for ``test-tiny-vit``."""
+    return save_random_clip_weights(tiny_clip_variant(), 0, tmp_path_factory.mktemp("tiny-clip") / "tiny-vit.safetensors")
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ TOY = ["--backend", "cpu", "--size", "16", "--max-channels", "8", "--sources", "
 
 def test_the_benchmark_measures_the_step_its_parts_and_both_extractions(tiny_clip_plugin, tmp_path, capsys):
     out = tmp_path / "variant.json"
-    code = encoder_variant.main([*TOY, "--clip", tiny_clip_plugin.name, "--json", str(out)],
+    everything = ",".join(encoder_variant.MEASUREMENTS)
+    code = encoder_variant.main([*TOY, "--clip", tiny_clip_plugin.name, "--json", str(out), "--only", everything],
                                 runner=measure.in_process(encoder_variant.run_case))
     assert code == 0
     report = json.loads(out.read_text())
@@ -43,7 +44,12 @@ def test_the_benchmark_measures_the_step_its_parts_and_both_extractions(tiny_cli
     # the ratio of the goal: the step timed in turns with its parts, in the same process
     assert summary["step_in_turns_s"] == parts["parts"]["step"]["median_s"]
     assert summary["step_over_parts"] == pytest.approx(summary["step_in_turns_s"] / summary["parts_sum_s"])
+    times = {name: part["times_s"] for name, part in parts["parts"].items()}
+    assert summary["step_over_parts_rounds"] == [
+        pytest.approx(times["step"][0] / (times["e4e"][0] + times["generator"][0] + times["clip"][0]))]
     assert summary["step_s"] == step["median_s"] and summary["step_peak_bytes"] == step["peak_bytes"]
+    # (RSS now and the kernel's recorded peak are counted apart: only the peaks compare)
+    assert parts["peak_bytes"] >= parts["step_peak_bytes"] > 0 and parts["models_bytes"] > 0
     assert summary["step_goal_met"] == (summary["step_over_parts"] <= 1.5) and summary["same_chunks"]
     assert summary["encoder_extract_s"] == extract["median_s"]  # one target per call
     assert "extract_goal_met" not in summary  # toy widths: not judged against a CPU's goal

@@ -200,3 +200,17 @@ def test_every_epoch_is_a_new_permutation_and_flips_vary():
     flips = [f for step in range(20) for f in sampler.flips(step)]
     assert 5 < sum(flips) < 35
     assert StepSampler(6, 2, Launch(), seed=0, flip=False).flips(0) == [False, False]
+
+
+def test_the_inference_form_of_an_essence_encoder_gives_the_same_directions():
+    from essencekit.essence_encoder import EssenceEncoder
+    from essencekit.models.e4e import load_encoder_checkpoint
+
+    encoder = load_encoder_checkpoint(FIXTURES / "tiny-e4e.pt").encoder.double()
+    model = EssenceEncoder(encoder, {"recommended_strength": "1.0"})
+    folded = model.for_inference()
+    assert folded is not model and folded.recommended_strength == 1.0
+    images = torch.rand(2, 3, 256, 256, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        expected, actual = model.eval()(images), folded(images)
+    assert _relative(actual, expected) < 1e-10  # float64: only the folding's rounding differs

@@ -460,7 +460,9 @@ def encoder_parts_case(spec: dict) -> dict:
 
     The step and its parts take turns, ``repeats`` rounds after a warm-up round, so that a
     machine whose load changes (a shared CPU) slows them alike and their ratio holds. Returns
-    ``parts``: name -> ``times_s``, ``median_s``."""
+    ``parts``: name -> ``times_s``, ``median_s``; ``step_peak_*``, the peak memory of the
+    warm-up step, the round's first call (as :func:`measure.peak_memory`), and ``models_bytes``
+    what was held before it."""
     import torch
 
     from ..backends import select_backend
@@ -499,6 +501,8 @@ def encoder_parts_case(spec: dict) -> dict:
             images = generated[part].clone().requires_grad_(True)
             loss.clip(images).sum().backward()
 
+    # one optimiser for the step and the update alone: a second one's state would be the
+    # size of the encoder three times over (at 1024 px on a CPU, gigabytes the step never holds)
     optimizer = make_optimizer(DEFAULTS.optimizer, encoder.parameters(), DEFAULTS.lr)
     gradients = [torch.randn_like(p) * 1e-3 for p in optimizer.param_groups[0]["params"]]
 
@@ -507,15 +511,16 @@ def encoder_parts_case(spec: dict) -> dict:
         for parameter, gradient in zip(optimizer.param_groups[0]["params"], gradients):
             parameter.grad = gradient
         optimizer.step()
-
-    step_optimizer = make_optimizer(DEFAULTS.optimizer, encoder.parameters(), DEFAULTS.lr)
+        optimizer.zero_grad()
 
     def step():
-        train_step(encoder, loss, step_optimizer, targets, batchnorm=DEFAULTS.batchnorm, autocast=backend.autocast)
+        train_step(encoder, loss, optimizer, targets, batchnorm=DEFAULTS.batchnorm, autocast=backend.autocast)
 
     functions = {"step": step, "e4e": e4e_part, "generator": generator_part, "clip": clip_part,
                  "optimizer": optimizer_part}
     times: dict[str, list[float]] = {name: [] for name in functions}
+    models = _resident_bytes(backend)
+    step_peak: dict = {}
     for round_ in range(int(spec["repeats"]) + 1):
         for name, fn in functions.items():
             backend.synchronize()
@@ -524,9 +529,12 @@ def encoder_parts_case(spec: dict) -> dict:
             backend.synchronize()
             if round_:  # the first round warms up
                 times[name].append(time.perf_counter() - started)
+            elif name == "step":  # no part holds more than the step that contains it
+                step_peak = {f"step_{k}": v for k, v in measure.peak_memory(backend).items()}
     parts = {name: {"times_s": t, "median_s": measure.median(t)} for name, t in times.items()}
     return {"size": size, "sources": spec["sources"], "chunk": loss.chunk or spec["sources"], "parts": parts,
-            **measure.peak_memory(backend), "torch_threads": torch.get_num_threads()}
+            "models_bytes": models, **step_peak, **measure.peak_memory(backend),
+            "torch_threads": torch.get_num_threads()}
 
 
 def encoder_extract_case(spec: dict) -> dict:

@@ -13,7 +13,7 @@ from .output import out, print_json, print_note
 _SHOWN_FIRST = (
     "name", "kind", "format_version", "latent_space", "direction_shape", "direction_norm", "recommended_strength",
     "coefficients", "generator", "generator_sha256", "clip_model", "clip_input", "target_file", "target_sha256",
-    "seed", "loss", "transfer_loss", "consistency_loss", "held_out_loss", "chosen_restart", "selection",
+    "target_text", "target", "seed", "loss", "transfer_loss", "consistency_loss", "held_out_loss", "chosen_restart", "selection",
 )
 
 

@@ -54,12 +54,16 @@ def print_table(evaluation) -> None:
     table.add_column("identity leak ↓", justify="right")
     for judge in evaluation.judges:
         table.add_column(f"target sim. {judge} ↑", justify="right")
+    fid = evaluation.fid is not None
+    if fid:
+        table.add_column(f"FID ↓ ({evaluation.fid['real_images']} real)", justify="right")
     for judge in evaluation.judges:
         table.add_column(f"consistency {judge} ↑", justify="right")
     for row in evaluation.rows:
         table.add_row(
             escape(row.essence), f"{row.strength:g}", row.identity.format(), row.identity_leak.format(),
             *[row.target_similarity[j].format() for j in evaluation.judges],
+            *([("n/a" if row.fid is None else row.fid.format())] if fid else []),
             *["n/a" if row.consistency[j] is None else f"{row.consistency[j]:.3f}" for j in evaluation.judges],
         )
     if out.is_terminal:
@@ -106,6 +110,14 @@ def evaluate(
         "image grid.",
     ),
     grid_sources: int = typer.Option(4, "--grid-sources", min=0, help="Sources shown in the report's grid."),
+    fid: Path | None = typer.Option(
+        None, "--fid", metavar="REAL_DIR",
+        help="Also measure the FID between each strength's edits and the real face images in REAL_DIR (the paper: "
+        "7,000 FFHQ images). Needs the inception-v3-fid weights (essencekit pull-weights inception-v3-fid).",
+    ),
+    fid_weights: str | None = typer.Option(
+        None, "--fid-weights", metavar="PATH_OR_NAME", help="FID Inception weights (default: inception-v3-fid)."
+    ),
     no_align: NoAlign = False,
     no_align_target: bool = typer.Option(
         False, "--no-align-target", help="Measure the identity leak on the target's centre square, not its face."
@@ -137,10 +149,11 @@ def evaluate(
         evaluator = Evaluator(
             encoder=encoder, generator=generator, aligner=aligner, identity_model=identity_model, judges=judges,
             clip_weights=_clip_weights(clip_weights), clip_input=clip_input, notify=notes(group), group=group,
+            fid_weights=fid_weights,
         )
         options = dict(align=not no_align, align_target=not no_align_target, batch_size=batch_size,
                        cache=not no_cache, grid_sources=grid_sources if report is not None else 0,
-                       max_sources=max_sources)
+                       max_sources=max_sources, fid=fid)
         evaluation = _with_progress(evaluator, (essences, targets, sources, strengths), options, group.is_main)
     if not group.is_main:  # rank 0 prints the job's evaluation
         return

@@ -25,14 +25,77 @@ from .options import (
 from .output import err, out, print_json, print_note, progress_enabled
 
 ESSENCE_SUFFIXES = (".pt", ".safetensors")
+_GLOB_CHARACTERS = frozenset("*?[")
 
 
-def _plan_outputs(targets: list[Path], output: Path | None, preview: Path | None, overwrite: bool):
-    """(essence path, preview path or None) per target; refuses clashes and existing files."""
+def _expand(targets: list[Path]) -> list[Path]:
+    """The TARGET arguments with glob patterns that name no file (a quoted ``"obama/*.jpg"``)
+    replaced by their sorted matches."""
+    from ..errors import EssencekitError
+
+    expanded = []
+    for target in targets:
+        if not target.exists() and _GLOB_CHARACTERS & set(str(target)):
+            import glob
+
+            found = sorted(Path(p) for p in glob.glob(str(target)) if Path(p).is_file())
+            if not found:
+                raise EssencekitError(f"no target photos match {target}")
+            expanded.extend(found)
+        else:
+            expanded.append(target)
+    return expanded
+
+
+def one_target(targets: list[Path], output: Path | None, text: str | None) -> bool:
+    """Whether the TARGET arguments are photos of ONE target (one essence) rather than one target
+    each. -o decides when given: a .pt/.safetensors file is one essence, a folder one essence per
+    photo. Without -o, a folder argument is one target, separate files one target each. --text
+    always makes one target."""
+    if text is not None:
+        return True
+    if output is not None:
+        is_file = output.suffix.lower() in ESSENCE_SUFFIXES and not output.is_dir()
+        return is_file and (len(targets) > 1 or any(t.is_dir() for t in targets))
+    return any(t.is_dir() for t in targets)
+
+
+def _photo_files(targets: list[Path]) -> list[Path]:
+    """The TARGET arguments with every folder replaced by its photos (sorted by name)."""
+    from ..extraction.targets import photos_of
+
+    return [photo for t in targets for photo in (photos_of(t)[0] if t.is_dir() else [t])]
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48].strip("-") or "text"
+
+
+def _one_target_name(targets: list[Path], output: Path | None, text: str | None) -> str:
+    if output is not None and output.suffix:
+        return output.stem
+    if targets:
+        return targets[0].resolve().name if targets[0].is_dir() else targets[0].stem
+    return _slug(text or "")
+
+
+def _plan_outputs(targets: list[Path], output: Path | None, preview: Path | None, overwrite: bool,
+                  name: str | None = None):
+    """(essence path, preview path or None) per target; refuses clashes and existing files.
+    ``name``: the targets are one target of that name (one essence; -o a file, or a folder that
+    gets ``<name>.pt``)."""
     from ..atomic import check_output_file
     from ..errors import EssencekitError, OptionError
 
-    if len(targets) == 1 and (output is None or output.suffix):
+    if name is not None:
+        if output is None or (not output.suffix or output.is_dir()):
+            paths = [(output if output is not None else Path.cwd()) / f"{name}.pt"]
+        else:
+            paths = [output]
+        targets = [Path(name)]
+    elif len(targets) == 1 and (output is None or output.suffix):
         paths = [output if output is not None else Path.cwd() / f"{targets[0].stem}.pt"]
     else:
         folder = output if output is not None else Path.cwd()
@@ -130,7 +193,7 @@ class _Display:
             )
 
 
-def _summary(target: Path, path: Path, essence, preview: Path | None) -> dict:
+def _summary(target, path: Path, essence, preview: Path | None) -> dict:
     info = essence.info()
     return {
         "target": str(target),
@@ -152,12 +215,25 @@ def _summary(target: Path, path: Path, essence, preview: Path | None) -> dict:
 
 
 def extract(
-    targets: list[Path] = typer.Argument(
-        ..., metavar="TARGET", help="Target image(s): photos, paintings, drawings."
+    targets: Optional[list[Path]] = typer.Argument(
+        None, metavar="TARGET",
+        help="Target image(s): photos, paintings, drawings; files, folders or quoted globs. Several photos make ONE "
+        "essence (the normalised mean of their CLIP embeddings) with -o FILE.pt/.safetensors, with --text, or, "
+        "without -o, from a folder; with -o a folder (or files without -o) one essence per photo.",
     ),
     output: Path | None = typer.Option(
         None, "-o", "--output",
-        help="Essence file (.pt or .safetensors); default <target stem>.pt here. With several targets, a folder.",
+        help="Essence file (.pt or .safetensors); default <target stem>.pt here. With several photos: a file makes "
+        "one essence of them all, a folder one essence per photo.",
+    ),
+    text: Optional[str] = typer.Option(
+        None, "--text", metavar="TEXT",
+        help="A target in words (CLIP's text encoder), alone or with photos (one essence). Random starts without a photo.",
+    ),
+    text_weight: Optional[float] = typer.Option(
+        None, "--text-weight", metavar="W",
+        help="With photos and --text: the text's weight from 0 to 1 (default 0.5) in the normalised weighted mean "
+        "of the photos' and the text's normalised embeddings.",
     ),
     steps: int = typer.Option(DEFAULTS.steps, "--steps", help="Optimisation steps."),
     lr: float = typer.Option(DEFAULTS.lr, "--lr", help="Adam learning rate of the direction (and of the coefficients)."),
@@ -210,13 +286,25 @@ def extract(
     ),
 ):
     """Find the essence of TARGET: a W+ direction that carries it onto any face (TargetCLIP)."""
+    from ..errors import OptionError
     from ..extraction.api import ExtractionInterrupted, Extractor
     from ..extraction.settings import ExtractSettings
-    from ..images import read_target
+    from ..extraction.targets import check_text, resolve_target
 
+    text, text_weight = check_text(text, text_weight)
+    targets = _expand(list(targets or []))
+    if not targets and text is None:
+        raise OptionError("give one or more target photos, or --text", parameter="targets")
+    combined = one_target(targets, output, text)
+    name = _one_target_name(targets, output, text) if combined else None
+    if not combined:
+        targets = _photo_files(targets)  # a folder with -o a folder: one essence per photo
     if method == "encoder":
+        if text is not None:
+            raise OptionError("the essence encoder takes photos, not words: use --method optimise for a text target",
+                              parameter="text")
         _extract_with_encoder(targets, output, encoder, backend, aligner, no_align, overwrite, json_, preview,
-                              generator)
+                              generator, name)
         return
 
     settings = ExtractSettings(
@@ -230,7 +318,15 @@ def extract(
         raise OptionError(f"seed must be a whole number >= 0, got {seed}", parameter="seed")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
-    read = [read_target(t) for t in targets]
+    if combined:
+        specs = [resolve_target(targets, text=text, text_weight=text_weight, name=name)]
+        labels, shown = [name], [name]
+    else:
+        specs = [resolve_target(t) for t in targets]
+        labels, shown = [t.name for t in targets], [str(t) for t in targets]
+    if text is not None and not specs[0].photos and init == "inversion":
+        raise OptionError("--init inversion starts from a target photo's inversion; a text alone has no photo: use "
+                          "--init random or auto", parameter="init")
     if sources is not None and sources != "celebs" and not Path(sources).exists():
         from ..errors import EssencekitError
 
@@ -238,15 +334,14 @@ def extract(
             f"--sources {sources}: no such file or folder (give a W+ latents file, a folder of face photos, "
             "or 'celebs')"
         )
-    paths, previews = _plan_outputs(targets, output, preview, overwrite)
+    paths, previews = _plan_outputs(targets, output, preview, overwrite, name)
     extractor = Extractor(
         generator=generator, clip=clip, clip_weights=clip_weights, clip_input=clip_input, encoder=encoder,
-        device=backend, aligner=aligner, notify=print_note,
+        device=backend, aligner=aligner, notify=print_note, text=text is not None,
     )
     size = 256 if fast and extractor.generator.size > 256 else extractor.generator.size
     summaries = []
-    for target_path, target, path, grid in zip(targets, read, paths, previews):
-        label = target_path.name
+    for label, target, path, grid, target_shown in zip(labels, specs, paths, previews, shown):
         try:
             with _Display(settings.steps, label, extractor.backend.name, size, progress_enabled()) as display:
                 essence = extractor.run(
@@ -265,7 +360,7 @@ def extract(
         essence.save(path)
         if grid is not None:
             extractor.write_preview(essence, grid)
-        summary = _summary(target_path, path, essence, grid)
+        summary = _summary(target_shown, path, essence, grid)
         summaries.append(summary)
         if not json_:
             held = f", held-out loss {summary['held_out_loss']:.4f}" if summary["held_out_loss"] is not None else ""
@@ -280,15 +375,19 @@ def extract(
 
 
 def _extract_with_encoder(targets, output, encoder, backend, aligner, no_align, overwrite, json_, preview,
-                          generator) -> None:
-    """``--method encoder``: every target through the trained essence encoder in batches."""
+                          generator, name=None) -> None:
+    """``--method encoder``: every target through the trained essence encoder in batches; with
+    ``name``, the photos of one target, whose directions are averaged into one essence."""
     from ..extraction.encoder_method import extract_with_encoder
+    from ..extraction.targets import photos_of
 
-    paths, previews = _plan_outputs(targets, output, preview, overwrite)
+    if name is not None:
+        targets = photos_of(targets)[0]
+    paths, previews = _plan_outputs(targets, output, preview, overwrite, name)
     essences = extract_with_encoder(targets, encoder, device=backend, align="whole" if no_align else "auto",
-                                    aligner=aligner, notify=print_note)
+                                    aligner=aligner, notify=print_note, combine=name is not None, name=name)
     summaries = []
-    for target, essence, path, grid in zip(targets, essences, paths, previews):
+    for target, essence, path, grid in zip([name] if name is not None else targets, essences, paths, previews):
         essence.save(path)
         if grid is not None:
             from ..extraction.preview import preview_on_sampled_sources

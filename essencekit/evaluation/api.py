@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..errors import EssencekitError, OptionError
+from .fid import Fid
 from .metrics import Summary, clip_changes, mean_pairwise_cosine, paired_cosine, summarize
 from .sources import limit_sources, resolve_sources
 
@@ -53,13 +54,14 @@ class Row:
     identity_leak: Summary
     target_similarity: dict[str, Summary]
     consistency: dict[str, float | None]
+    fid: Fid | None = None  # with ``fid=REAL_DIR`` only
 
     def to_json(self) -> dict:
         return {
             "essence": self.essence, "strength": self.strength, "identity": self.identity.to_json(),
             "identity_leak": self.identity_leak.to_json(),
             "target_similarity": {name: s.to_json() for name, s in self.target_similarity.items()},
-            "consistency": self.consistency,
+            "consistency": self.consistency, "fid": None if self.fid is None else self.fid.to_json(),
         }
 
 
@@ -81,7 +83,9 @@ class Evaluation:
     """What :func:`evaluate` measured: ``rows`` (essence x strength), the ``essences``, the
     ``judges`` (CLIP variants), the sources measured and the ones that failed, and
     ``grid``: thumbnails of the first sources (``{"source": ..., "images": {(essence,
-    strength): PIL image}}``, strength 0 = the source) for the report."""
+    strength): PIL image}}``, strength 0 = the source) for the report; ``fid``, with
+    ``fid=REAL_DIR`` only: ``{"real": folder name, "real_images": N, "inception": label,
+    "inception_sha256": ..., "warning": text or None}`` (each row then has its FID)."""
 
     rows: list[Row]
     essences: list[EssenceInfo]
@@ -91,6 +95,7 @@ class Evaluation:
     identity_model: str
     generator: str
     grid: list[dict] = field(default_factory=list)
+    fid: dict | None = None
 
     def to_json(self) -> dict:
         from ..version import __version__
@@ -99,7 +104,7 @@ class Evaluation:
             "essencekit_version": __version__, "generator": self.generator, "identity_model": self.identity_model,
             "judges": self.judges, "essences": [e.to_json() for e in self.essences],
             "sources": {"count": len(self.sources), "measured": self.sources, "failed": self.failures},
-            "rows": [row.to_json() for row in self.rows],
+            "fid": self.fid, "rows": [row.to_json() for row in self.rows],
         }
 
 
@@ -123,19 +128,26 @@ def _thumbnail(image):
 class _Embedder:
     """Embeds rendered images with the identity model and every judge, a few at a time."""
 
-    def __init__(self, identity, judges: dict[str, object], device: torch.device):
+    def __init__(self, identity, judges: dict[str, object], device: torch.device, inception=None):
         self.identity, self.judges, self.device = identity, judges, device
         self.pending: list[tuple[object, Tensor]] = []
         self.identity_out: dict = {}
         self.clip_out: dict = {}
+        # FID's Inception features of the same images (``fid=REAL_DIR`` only), keyed alike
+        self.inception = inception
+        self.fid_out: dict = inception.out if inception is not None else {}
 
     def add(self, key, image) -> None:
+        if self.inception is not None:
+            self.inception.add(key, image)
         self.pending.append((key, to_signed(image)))
         if len(self.pending) >= EMBED_BATCH:
             self.flush()
 
     @torch.no_grad()
     def flush(self) -> None:
+        if self.inception is not None:
+            self.inception.flush()
         if not self.pending:
             return
         keys = [key for key, _ in self.pending]
@@ -157,11 +169,14 @@ class Evaluator:
     ``clip_input`` mode (``raw``, the published essences' domain, or ``standard``), so their
     figures compare. ``group``: a ``torchrun`` job's
     :class:`~essencekit.distributed.ProcessGroup`: each process renders and embeds its share of
-    the sources, and every process gets the job's evaluation."""
+    the sources, and every process gets the job's evaluation. ``fid_weights``: the FID
+    Inception's weights (path or artifact name, default ``inception-v3-fid``), loaded only when
+    an evaluation asks for FID."""
 
     def __init__(self, *, encoder=None, generator=None, device=None, aligner=None, identity_model=None,
                  judges: Sequence[str] = DEFAULT_JUDGES, clip_weights: dict[str, str] | None = None,
-                 clip_input: str = "raw", notify: Callable[[str], None] | None = None, group=None):
+                 clip_input: str = "raw", notify: Callable[[str], None] | None = None, group=None,
+                 fid_weights=None):
         from ..transfers import Transferrer  # the public pipeline: see the package docstring
 
         self.group = group
@@ -181,6 +196,8 @@ class Evaluator:
         self.identity_label = ""
         self.clip_input = clip_input
         self._judges: dict[str, object] = {}
+        self._fid_weights = fid_weights
+        self._inception = None  # (model, label, sha256)
 
     @property
     def backend(self):
@@ -198,6 +215,15 @@ class Evaluator:
                 self._identity = load_identity_model(spec, self.backend)
                 self.identity_label = str(spec or DEFAULT_IDENTITY_MODEL)
         return self._identity
+
+    @property
+    def inception(self):
+        """``(model, label, sha256)`` of the FID Inception, loaded on first use."""
+        if self._inception is None:
+            from .fid import load_inception
+
+            self._inception = load_inception(self._fid_weights, self.backend.device)
+        return self._inception
 
     def judge(self, name: str):
         if name not in self._judges:
@@ -233,16 +259,16 @@ class Evaluator:
 
     def evaluate(self, essences, targets, sources, strengths=None, *, align: bool = True,
                  align_target: bool = True, batch_size: int | None = None, cache: bool = True,
-                 grid_sources: int = 4, max_sources: int | None = None,
+                 grid_sources: int = 4, max_sources: int | None = None, fid=None,
                  progress: Callable[[int], None] | None = None) -> Evaluation:
         """See :func:`evaluate`."""
         with contextlib.ExitStack() as stack:
             return self._evaluate(stack, essences, targets, sources, strengths, align=align, align_target=align_target,
                                   batch_size=batch_size, cache=cache, grid_sources=grid_sources,
-                                  max_sources=max_sources, progress=progress)
+                                  max_sources=max_sources, fid=fid, progress=progress)
 
     def _evaluate(self, stack, essences, targets, sources, strengths, *, align, align_target, batch_size, cache,
-                  grid_sources, max_sources, progress) -> Evaluation:
+                  grid_sources, max_sources, fid, progress) -> Evaluation:
         from ..essence_mix import EssenceMix, parse_strengths
         from ..images import read_target
 
@@ -269,9 +295,24 @@ class Evaluator:
                     raise OptionError(f"max_sources must be at least 1, got {max_sources}", parameter="max_sources")
                 scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="essencekit-eval-"))
                 source_items = limit_sources(source_items, max_sources, generator, Path(scratch))
+            real_files = None
+            if fid is not None:
+                from .fid import real_images
+
+                real_files = real_images(fid)
+                inception = self.inception  # missing weights: the pull-weights hint, before any work
 
         judges = {name: self.judge(name) for name in self.judge_names}
-        embedder = _Embedder(self.identity, judges, self.backend.device)
+        fid_info = real = collector = None
+        if real_files is not None:
+            from .fid import InceptionFeatures, folder_label, real_features
+
+            model, inception_label, inception_sha = inception
+            real = real_features(real_files, model, self.backend.device)
+            collector = InceptionFeatures(model, self.backend.device)
+            fid_info = {"real": folder_label(fid), "real_images": len(real_files), "inception": inception_label,
+                        "inception_sha256": inception_sha, "warning": None}
+        embedder = _Embedder(self.identity, judges, self.backend.device, inception=collector)
         infos, target_embeddings = [], []
         for term, label, target in zip(terms, labels, target_images):
             meta = term.essence.metadata
@@ -317,17 +358,29 @@ class Evaluator:
             embedder.flush()
         if self.group is not None and self.group.launch.distributed:
             measured, failures, grid = _merge_shares(self.group.gather(
-                (measured, failures, grid, positions, embedder.identity_out, embedder.clip_out)), embedder, grid_sources)
+                (measured, failures, grid, positions, embedder.identity_out, embedder.clip_out, embedder.fid_out)),
+                embedder, grid_sources)
         with self._agreed():
             if not measured:
                 reasons = "; ".join(f"{f['source']}: {f['reason']}" for f in failures[:3])
                 raise EssencekitError(f"no source could be rendered{': ' + reasons if reasons else ''}")
         rows = self._rows(infos, target_embeddings, measured, embedder)
+        if fid_info is not None:
+            from .fid import Fid, few_images_warning, frechet_distance
+
+            for row in rows:
+                index = next(i for i, info in enumerate(infos) if info.label == row.essence)
+                keys = [("recon", *k) if row.strength == 0 else (index, row.strength, *k) for k in measured]
+                features = torch.stack([embedder.fid_out[key] for key in keys]).numpy()
+                row.fid = Fid(frechet_distance(features, real), len(keys), len(real))
+            fid_info["warning"] = few_images_warning(len(measured), len(real))
+            if fid_info["warning"] is not None:
+                self.notify(fid_info["warning"])
         return Evaluation(
             rows=rows, essences=infos, judges=self.judge_names,
             sources=[f"{source}#{face}" if face else source for source, face in measured], failures=failures,
             identity_model=self.identity_label or "identity model", generator=self.models.generator_label,
-            grid=[{"source": source, "images": images} for (source, _), images in grid.items()],
+            grid=[{"source": source, "images": images} for (source, _), images in grid.items()], fid=fid_info,
         )
 
     def _rows(self, infos, target_embeddings, measured, embedder: _Embedder) -> list[Row]:
@@ -384,13 +437,14 @@ def _merge_shares(shares, embedder: _Embedder, grid_sources: int):
     failures, the report's grid (its first ``grid_sources`` sources); the embeddings go into
     ``embedder``."""
     measured, failures, grid, positions = [], [], {}, {}
-    for keys, failed, thumbnails, where, identity_out, clip_out in shares:
+    for keys, failed, thumbnails, where, identity_out, clip_out, fid_out in shares:
         measured += keys
         failures += failed
         grid.update(thumbnails)
         positions.update(where)
         embedder.identity_out.update(identity_out)
         embedder.clip_out.update(clip_out)
+        embedder.fid_out.update(fid_out)
     measured.sort(key=lambda key: (positions[key], key[1] or 0))
     failures.sort(key=lambda failure: positions[failure["source"]])
     kept = sorted(grid, key=lambda key: (positions[key], key[1] or 0))[:grid_sources]
@@ -408,7 +462,7 @@ def _unique_labels(labels: list[str]) -> list[str]:
 
 def evaluate(essences, targets, sources, strengths=None, *, identity_model=None, judges: Sequence[str] = DEFAULT_JUDGES,
              clip_weights: dict[str, str] | None = None, clip_input: str = "raw", encoder=None, generator=None, device=None, aligner=None,
-             notify: Callable[[str], None] | None = None, group=None, **options) -> Evaluation:
+             notify: Callable[[str], None] | None = None, group=None, fid_weights=None, **options) -> Evaluation:
     """Measure essences as the TargetCLIP paper does (see the module docstring).
 
     ``essences``: specs as transfer takes them (files or published names), paired by position
@@ -420,10 +474,12 @@ def evaluate(essences, targets, sources, strengths=None, *, identity_model=None,
     ``clip_input`` mode. Options:
     ``align`` (False: photos are aligned crops), ``align_target``, ``batch_size``, ``cache``
     (the W+ cache), ``grid_sources`` (thumbnails kept for the report), ``max_sources`` (measure
-    only the first N faces), ``progress`` (called with 1 per rendered image). Models, and
+    only the first N faces), ``fid`` (a folder of real face images: each row also gets the
+    Fréchet Inception Distance between its edits and them, see :mod:`.fid`), ``progress``
+    (called with 1 per rendered image). Models, ``fid_weights`` (the FID Inception) and
     ``group`` (a ``torchrun`` job's process group): see :class:`Evaluator`.
     """
     evaluator = Evaluator(encoder=encoder, generator=generator, device=device, aligner=aligner,
                           identity_model=identity_model, judges=judges, clip_weights=clip_weights,
-                          clip_input=clip_input, notify=notify, group=group)
+                          clip_input=clip_input, notify=notify, group=group, fid_weights=fid_weights)
     return evaluator.evaluate(essences, targets, sources, strengths, **options)

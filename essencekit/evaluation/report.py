@@ -24,6 +24,7 @@ th:first-child, td:first-child { text-align: left; }
 .grid td { padding: 2px; text-align: center; font-size: 12px; }
 .grid img { display: block; width: 160px; height: 160px; }
 .muted { color: #666; }
+.warn { color: #a60; }
 """
 
 
@@ -95,16 +96,36 @@ def _data_uri(image) -> str:
 
 def _table(evaluation: Evaluation) -> str:
     judges = evaluation.judges
+    fid = evaluation.fid is not None
     head = ["essence", "strength", "identity", "identity leak",
-            *[f"target sim. {j}" for j in judges], *[f"consistency {j}" for j in judges]]
+            *[f"target sim. {j}" for j in judges], *(["FID"] if fid else []), *[f"consistency {j}" for j in judges]]
     lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for row in evaluation.rows:
         cells = [row.essence, f"{row.strength:g}", row.identity.format(), row.identity_leak.format(),
                  *[row.target_similarity[j].format() for j in judges],
+                 *([_fid_cell(row)] if fid else []),
                  *["n/a" if row.consistency[j] is None else f"{row.consistency[j]:.3f}" for j in judges]]
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def _fid_cell(row) -> str:
+    return "n/a" if row.fid is None else row.fid.format()
+
+
+def _fid_note(evaluation: Evaluation) -> str:
+    """What the FID column is, from how many images, and the warning when they are too few."""
+    info = evaluation.fid
+    if info is None:
+        return ""
+    generated = len(evaluation.sources)
+    text = (f"<p><b>FID</b>: Fréchet Inception Distance between the {generated} image(s) of each row and "
+            f"{info['real_images']} real image(s) in {html.escape(str(info['real']))} (lower is closer to real "
+            f"faces; Inception {html.escape(str(info['inception']))}).</p>")
+    if info.get("warning"):
+        text += f"<p class='warn'>{html.escape(info['warning'])}</p>"
+    return text
 
 
 def _grid(evaluation: Evaluation) -> str:
@@ -151,6 +172,7 @@ edit (higher keeps the person). <b>identity leak</b>: ArcFace cosine between the
 (high means the target's identity was copied, not its essence). <b>target sim.</b>: CLIP cosine between the
 edit and the target. <b>consistency</b>: mean pairwise cosine of the CLIP-space changes across sources.
 Strength 0 is the sources themselves.</p>
+{_fid_note(evaluation)}
 {_table(evaluation)}
 <h2>Choosing a strength</h2>
 <p>Each point is one strength: further right looks more like the target, higher keeps more of the source's

@@ -16,13 +16,14 @@ from torch import Tensor
 from ..chunked import plan_chunks
 from ..errors import EssencekitError, OptionError
 from ..essence import FORMAT_VERSION, Essence
-from ..images import Target, read_target
+from ..images import Target
 from ..weights import weights_identity
 from .coefficients import WEIGHT_DECAY
 from .optimise import OptimiseResult, OptimiseSettings, StepReport, evaluate_directions, optimise
 from .schedule import RAMPDOWN, RAMPUP
 from .settings import FAST_SIZE, ExtractSettings
 from .sources import SourceSet, random_directions, resolve_sources
+from .targets import TargetSpec, check_text, resolve_target, target_embedding
 
 log = logging.getLogger("essencekit.extract")
 
@@ -52,7 +53,8 @@ class Extractor:
     variant. ``encoder``: the e4e checkpoint (path or artifact, default ``e4e-ffhq``), loaded
     only when a photo must be inverted. ``inverter``: replaces the face alignment + e4e
     inversion (a function PIL image -> W+ [n_latent, style_dim]). ``notify`` receives the
-    plain-language notices of the run (default: the ``essencekit.extract`` logger).
+    plain-language notices of the run (default: the ``essencekit.extract`` logger). ``text``:
+    also load CLIP's text tower (from the same weights file), for text targets.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Extractor:
         aligner: str | None = None,
         inverter: Callable[[object], Tensor] | None = None,
         notify: Callable[[str], None] | None = None,
+        text: bool = False,
     ):
         from ..backends import resolve_backend
 
@@ -89,7 +92,8 @@ class Extractor:
             variant = get_variant(clip)
             path, label, sha = weights_identity(clip_weights, variant.weights)
             self.clip = load_clip(
-                variant.name, self.backend, input_mode=clip_input, generator_size=self.generator.size, weights=path
+                variant.name, self.backend, input_mode=clip_input, generator_size=self.generator.size, weights=path,
+                text=text,
             )
             self.info.update(clip_weights=label, clip_weights_sha256=sha)
         else:
@@ -133,10 +137,14 @@ class Extractor:
             self._inverter = face_inverter(load_e4e, self.generator, aligner=self._aligner)
         return self._inverter
 
-    def initial_directions(self, target: Target, settings: ExtractSettings, seed: int) -> tuple[Tensor, list[str]]:
-        """[K, n_latent, style_dim] starts and what each is ("inversion" or "random")."""
+    def initial_directions(self, target: Target | None, settings: ExtractSettings, seed: int) -> tuple[Tensor, list[str]]:
+        """[K, n_latent, style_dim] starts and what each is ("inversion" or "random"). The
+        inversion is of ``target`` (the first photo of several); ``None`` (a text alone): every
+        start is random."""
         first = None
-        if settings.init in ("auto", "inversion"):
+        if target is None and settings.init == "auto":
+            self.notify("a text target has no photo to invert: every restart starts from a random latent")
+        elif settings.init in ("auto", "inversion"):
             try:
                 first = self.inverter()(target.image)
             except EssencekitError as error:
@@ -168,15 +176,26 @@ class Extractor:
         progress: Callable[[StepReport], None] | None = None,
         phase: Callable[[str], None] | None = None,
         preview: str | os.PathLike | None = None,
+        text: str | None = None,
+        text_weight: float | None = None,
+        name: str | None = None,
     ) -> Essence:
-        """Extract the essence of ``target`` (a path or PIL image); see :func:`extract`."""
+        """Extract the essence of ``target`` (a path or PIL image, a folder, a glob pattern or a
+        list of photos of one target; ``None`` with ``text``), aiming at ``text`` too when
+        given; see :func:`extract`. ``name`` overrides the essence's name."""
         settings = (settings or ExtractSettings()).validate()
         phase = phase or (lambda text: None)
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise OptionError(f"seed must be a whole number >= 0, got {seed!r}", parameter="seed")
-        target = target if isinstance(target, Target) else read_target(target)
+        spec = target if isinstance(target, TargetSpec) else resolve_target(
+            target, text=text, text_weight=text_weight, name=name)
+        if not spec.photos and settings.init == "inversion":
+            raise OptionError("init 'inversion' starts from the target photo's inversion, and a text target has no "
+                              "photo: use init 'random' or 'auto'", parameter="init")
+        if spec.text is not None and not getattr(self.clip, "has_text", callable(getattr(self.clip, "encode_text", None))):
+            raise EssencekitError("a text target needs CLIP's text tower: make the Extractor with text=True")
         generator, device = self.generator, self.backend.device
         started = time.perf_counter()
 
@@ -186,8 +205,8 @@ class Extractor:
             truncation=settings.truncation, inverter_factory=self.inverter, notify=self.notify,
         )
         phase("target")
-        target_embedding = self.clip.encode_target(target.image).detach().float()
-        init, kinds = self.initial_directions(target, settings, seed)
+        embedding = target_embedding(self.clip, spec, self.notify)
+        init, kinds = self.initial_directions(spec.first_photo, settings, seed)
 
         render_size = min(FAST_SIZE, generator.size) if settings.fast else None
         batch_size, checkpoint = plan_chunks(
@@ -199,7 +218,7 @@ class Extractor:
         )
         phase("optimise")
         result = optimise(
-            generator, self.clip, source_set.train.to(device), target_embedding.to(device), init.to(device), options,
+            generator, self.clip, source_set.train.to(device), embedding.to(device), init.to(device), options,
             callback=progress, autocast=self.backend.autocast,
         )
         if result.steps_done == 0:
@@ -212,7 +231,7 @@ class Extractor:
             try:
                 # at full size also with --fast: the choice is made on the images users get
                 held = evaluate_directions(
-                    generator, self.clip, source_set.held_out.to(device), target_embedding.to(device),
+                    generator, self.clip, source_set.held_out.to(device), embedding.to(device),
                     result.best_direction, strengths, lambda_transfer=settings.lambda_transfer,
                     lambda_consistency=settings.lambda_consistency, consistency=settings.consistency,
                     batch_size=batch_size, autocast=self.backend.autocast,
@@ -221,7 +240,7 @@ class Extractor:
                 result.interrupted = True
         chosen = int(torch.argmin(held[0] if held is not None else result.best_loss))
         essence = self._essence(
-            target, settings, seed, source_set, kinds, result, strengths, held, chosen,
+            spec, settings, seed, source_set, kinds, result, strengths, held, chosen,
             batch_size=batch_size, checkpoint=checkpoint, render_size=render_size,
             seconds=time.perf_counter() - started,
         )
@@ -248,7 +267,7 @@ class Extractor:
         )
 
     def _essence(
-        self, target: Target, settings: ExtractSettings, seed: int, source_set: SourceSet, kinds: list[str],
+        self, target: TargetSpec, settings: ExtractSettings, seed: int, source_set: SourceSet, kinds: list[str],
         result: OptimiseResult, strengths: Tensor, held, chosen: int, *, batch_size: int, checkpoint: bool,
         render_size: int | None, seconds: float,
     ) -> Essence:
@@ -294,8 +313,7 @@ class Extractor:
             **self.info,
             "hyperparameters": json.dumps(hyper),
             "seed": str(seed),
-            "target_file": target.file,
-            "target_sha256": target.sha256,
+            **target.metadata(),
             "sources": json.dumps({"kind": source_set.kind, "num_sources": int(source_set.train.shape[0]),
                                    "held_out": int(source_set.held_out.shape[0]), **source_set.details}),
             "restarts": json.dumps(restarts),
@@ -321,8 +339,10 @@ class Extractor:
 
 
 def extract(
-    target,
+    target=None,
     *,
+    text: str | None = None,
+    text_weight: float | None = None,
     generator=None,
     clip=None,
     clip_weights: str | os.PathLike | None = None,
@@ -338,7 +358,15 @@ def extract(
     preview: str | os.PathLike | None = None,
     **hyperparameters,
 ) -> Essence:
-    """Find the essence of ``target`` (an image path or a PIL image) by optimisation.
+    """Find the essence of ``target`` by optimisation.
+
+    ``target``: an image path or a PIL image; several photos of one target as a list (or a
+    folder, or a glob pattern such as ``"obama/*.jpg"``), whose target embedding is the
+    normalised mean of the photos' normalised CLIP embeddings; or ``None`` with ``text``.
+    ``text``: a target in words, embedded by CLIP's text tower (loaded only then);
+    ``text_weight`` (0 to 1, default 0.5) weighs it against the photos: the target embedding
+    is ``normalize((1 - w) * normalize(photo_mean) + w * normalize(text))``. With a text
+    alone every restart starts randomly (no photo to invert).
 
     Hyper-parameters: the keywords of :class:`~essencekit.extraction.settings.ExtractSettings`
     (``steps``, ``lr``, ``num_sources``, ``restarts``, ...), which declares their defaults (the
@@ -361,8 +389,15 @@ def extract(
     if unknown:
         raise TypeError(f"extract() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
     settings = ExtractSettings(**hyperparameters)
+    check_text(text, text_weight)  # before any model is loaded
+    if target is None and text is None:
+        raise OptionError("no target: give one or more photos, or a text", parameter="target")
+    if target is None and settings.init == "inversion":
+        raise OptionError("init 'inversion' starts from the target photo's inversion, and a text target has no "
+                          "photo: use init 'random' or 'auto'", parameter="init")
     extractor = Extractor(
         generator=generator, clip=clip, clip_weights=clip_weights, clip_input=clip_input, encoder=encoder,
-        device=device, aligner=aligner, inverter=inverter, notify=notify,
+        device=device, aligner=aligner, inverter=inverter, notify=notify, text=text is not None,
     )
-    return extractor.run(target, settings, sources=sources, seed=seed, progress=progress, preview=preview)
+    return extractor.run(target, settings, sources=sources, seed=seed, progress=progress, preview=preview,
+                         text=text, text_weight=text_weight)

@@ -49,14 +49,18 @@ def target_pixels(target: Target, size: int, *, align: str = "auto", aligner: st
 
 def extract_with_encoder(
     targets, encoder, *, device=None, align: str = "auto", aligner: str | None = None,
-    notify: Callable[[str], None] | None = None,
+    notify: Callable[[str], None] | None = None, combine: bool = False, name: str | None = None,
 ) -> list[Essence]:
     """The essences of ``targets`` (paths, PIL images or :class:`~essencekit.images.Target`)
     from the essence encoder ``encoder`` (a ``train-encoder`` checkpoint path, or a loaded
     :class:`~essencekit.essence_encoder.EssenceEncoder`), in batches of the backend's size.
 
     ``align``: ``"auto"`` (the largest face, else the whole picture), ``"face"`` (a face is
-    required) or ``"whole"`` (the centre square, for pictures already aligned)."""
+    required) or ``"whole"`` (the centre square, for pictures already aligned).
+
+    ``combine``: the targets are photos of one target, and the result is one essence whose
+    direction is the mean of the photos' directions (the encoder maps pixels to a direction;
+    it takes no CLIP embedding that could be averaged first), named ``name``."""
     from ..backends import resolve_backend
     from ..essence_encoder import EssenceEncoder, load_essence_encoder
 
@@ -74,7 +78,8 @@ def extract_with_encoder(
             encoder = Path(encoder) / "best.pt"  # a train-encoder run folder: its chosen weights
         path, label, sha = weights_identity(encoder, "")
         model = load_essence_encoder(path)
-    model = backend.prepare(model).eval()
+    # extraction only runs the encoder forward: its BatchNorm-folded form does the same with less work
+    model = backend.prepare(model.eval().for_inference())
     read = [t if isinstance(t, Target) else read_target(t) for t in targets]
     started = time.perf_counter()
     prepared = [target_pixels(t, model.input_size, align=align, aligner=aligner, notify=notify) for t in read]
@@ -85,6 +90,21 @@ def extract_with_encoder(
         with backend.autocast():
             directions.append(model.directions(batch.to(backend.device)).float().cpu())
     directions = torch.cat(directions)
+    if combine:
+        seconds = time.perf_counter() - started
+        essence = _essence(model, read[0], directions.mean(0), prepared[0][1], label, sha, backend.name, seconds)
+        photos = [{"file": t.file or t.name, "sha256": t.sha256, "crop": how} for t, (_, how) in zip(read, prepared)]
+        if len(read) > 1:
+            essence.metadata.update(
+                target_file=json.dumps([p["file"] for p in photos]),
+                target_sha256=json.dumps([p["sha256"] for p in photos]),
+                target_crop=json.dumps([p["crop"] for p in photos]),
+            )
+        essence.metadata["name"] = name or read[0].name
+        essence.metadata["target"] = json.dumps({
+            "photos": photos, "text": None, "text_weight": 0.0,
+            "combination": "mean of the photos' essence directions" if len(read) > 1 else "the photo's direction"})
+        return [essence]
     seconds = (time.perf_counter() - started) / max(1, len(read))
     return [
         _essence(model, target, direction, how, label, sha, backend.name, seconds)

@@ -18,6 +18,12 @@ Where each fact comes from:
   hila-chefer/TargetCLIP at commit c59cb293a4ecbfa0a8f4bb1570745f2de2b5d88f (2022-10-02),
   kept in tests/fixtures/targetclip-SHA256SUMS; each is a (1, 18, 512) float32 array, 36,992
   bytes.
+* The FID Inception (``inception-v3-fid``): the TensorFlow FID Inception (2015-12-05) converted
+  to a PyTorch state dict by mseitzer/pytorch-fid and republished by torch-fidelity (the
+  ``URL_INCEPTION_V3`` of torch-fidelity 0.4.0's ``feature_extractor_inceptionv3.py``). Both
+  file names end in ``-6726825d``, torch.hub's convention for the first hex digits of the
+  file's sha256; the full sha256 and the size (95,628,359 bytes) are the ones several
+  independent public projects pin for either file, and they agree with that prefix.
 * Mirrors: stable hosts first (Hugging Face ``resolve/main`` URLs, the commit-pinned raw
   GitHub URL), Google Drive last. The Hugging Face paths could not be checked from the build
   machines; a wrong mirror is harmless because the sha256 guards every file.
@@ -216,6 +222,28 @@ CELEBS = WeightArtifact(
     extra={"shape": (68, 18, 512)},
 )
 
+_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_V3_FID = WeightArtifact(
+    name="inception-v3-fid",
+    kind="metric",
+    group="fid",
+    filename=_INCEPTION_FILE,
+    urls=(
+        f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{_INCEPTION_FILE}",
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    ),
+    size=95_628_359,
+    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    license=(
+        "Apache-2.0: the TensorFlow Inception weights of the FID reference (tensorflow/models, Apache License 2.0), "
+        "converted to PyTorch by mseitzer/pytorch-fid and republished by toshas/torch-fidelity (both Apache-2.0)"
+    ),
+    description="the FID Inception v3 (TensorFlow 2015-12-05 weights as a PyTorch state dict), for evaluate --fid",
+    source="torch-fidelity URL_INCEPTION_V3 (release v0.2.0); pytorch-fid release fid_weights (the same file)",
+    # a plain state dict: loads with weights_only=True as published; checked once at pull time
+    convert="safe-checkpoint",
+)
+
 # the commit that added pretrained_models/encoder_sources.pt to hila-chefer/TargetCLIP
 _ENCODER_SOURCES_COMMIT = "ec34170c448f936a77c8d08a6df35f6b28f0d482"
 _ENCODER_SOURCES_RAW = "https://raw.githubusercontent.com/hila-chefer/TargetCLIP/{ref}/pretrained_models/encoder_sources.pt"
@@ -279,7 +307,8 @@ def _essence(name: str, sha256: str) -> WeightArtifact:
 ESSENCES = tuple(_essence(name, sha) for name, sha in ESSENCE_SHA256.items())
 
 ARTIFACTS = (
-    STYLEGAN2_FFHQ, E4E_FFHQ, CLIP_VIT_B_32, CLIP_RN50, ARCFACE_IR_SE50, CELEBS, ENCODER_SOURCES, *ESSENCES,
+    STYLEGAN2_FFHQ, E4E_FFHQ, CLIP_VIT_B_32, CLIP_RN50, ARCFACE_IR_SE50, CELEBS, ENCODER_SOURCES, INCEPTION_V3_FID,
+    *ESSENCES,
     CLIP_VIT_B_32_HF, CLIP_RN50_HF,
 )
 
