@@ -16,7 +16,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 NUMERIC_MODULES = {
     "test_api", "test_arcface", "test_bench", "test_clip", "test_e4e", "test_e4e_inference", "test_evaluate",
     "test_essence_mix", "test_extract_cli", "test_extract_essence", "test_extract_losses", "test_extract_optimise",
-    "test_faces", "test_generator_speed_ops", "test_stylegan2", "test_transfer_parts",
+    "test_faces", "test_generator_speed_ops", "test_stylegan2", "test_transfer_parts", "test_train_loss",
+    "test_train_encoder", "test_evaluate_fid", "test_extract_targets",
 }
 
 
