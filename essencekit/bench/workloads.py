@@ -142,7 +142,6 @@ def extract_models(spec: dict, backend, adapt: Adapt | None = None):
     (widths capped by ``max_channels``) and the CLIP variant ``spec["clip"]``."""
     import torch
 
-    from ..clip import ClipEncoder, build_clip_model, get_variant
     from ..models.stylegan2 import Generator, GeneratorConfig
 
     config = GeneratorConfig.ffhq(spec["size"], max_channels=spec.get("max_channels"))
@@ -150,11 +149,7 @@ def extract_models(spec: dict, backend, adapt: Adapt | None = None):
     generator = backend.prepare(Generator(config).eval().requires_grad_(False))
     if adapt is not None:
         adapt(generator)
-    variant = get_variant(spec["clip"])
-    torch.manual_seed(spec["seed"] + 1)
-    visual = build_clip_model(variant).visual.float().eval().requires_grad_(False)
-    encoder = backend.prepare(ClipEncoder(visual, variant, input_mode="raw", generator_size=config.size))
-    return generator, encoder
+    return generator, random_clip(spec, config.size, backend)
 
 
 def _optimise(generator, encoder, sources, target, init, spec: dict, backend, on_step) -> dict:

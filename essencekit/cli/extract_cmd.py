@@ -25,26 +25,14 @@ from .options import (
 from .output import err, out, print_json, print_note, progress_enabled
 
 ESSENCE_SUFFIXES = (".pt", ".safetensors")
-_GLOB_CHARACTERS = frozenset("*?[")
 
 
 def _expand(targets: list[Path]) -> list[Path]:
     """The TARGET arguments with glob patterns that name no file (a quoted ``"obama/*.jpg"``)
     replaced by their sorted matches."""
-    from ..errors import EssencekitError
+    from ..extraction.targets import is_pattern, photos_of
 
-    expanded = []
-    for target in targets:
-        if not target.exists() and _GLOB_CHARACTERS & set(str(target)):
-            import glob
-
-            found = sorted(Path(p) for p in glob.glob(str(target)) if Path(p).is_file())
-            if not found:
-                raise EssencekitError(f"no target photos match {target}")
-            expanded.extend(found)
-        else:
-            expanded.append(target)
-    return expanded
+    return [photo for target in targets for photo in (photos_of(target)[0] if is_pattern(target) else [target])]
 
 
 def one_target(targets: list[Path], output: Path | None, text: str | None) -> bool:

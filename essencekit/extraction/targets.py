@@ -77,6 +77,12 @@ class TargetSpec:
         return meta
 
 
+def is_pattern(path: Path) -> bool:
+    """Whether ``path`` is a glob pattern to expand (``"obama/*.jpg"``, quoted so that the shell
+    left it) rather than a file: it names nothing and holds a wildcard."""
+    return not path.exists() and bool(_GLOB_CHARACTERS & set(str(path)))
+
+
 def _is_pil(value) -> bool:
     from PIL import Image
 
@@ -100,7 +106,7 @@ def photos_of(target) -> tuple[list, str]:
             if not found:
                 raise EssencekitError(f"the target folder {path} holds no photos")
             return found, path.resolve().name or "target"
-        if not path.exists() and _GLOB_CHARACTERS & set(str(path)):
+        if is_pattern(path):
             found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
             if not found:
                 raise EssencekitError(f"no target photos match {path}")
