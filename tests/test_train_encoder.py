@@ -267,7 +267,10 @@ def test_bad_training_inputs_are_one_line_each(tmp_path, tiny_clip, cli, registe
         assert code == 1 and expected in err and "train-encoder" in err
     code, _, err = cli(["extract", target, "--method", "encoder", "-o", tmp_path / "x.pt"])
     assert code == 2 and "--encoder" in err
-    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
+    code, _, err = cli(["extract", target, "--method", "encoder", "--encoder", empty, "-o", tmp_path / "x.pt"])
+    assert code == 1 and "without best.pt" in err
+    # refused runs leave nothing behind, not even an empty run folder
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "run").exists()
 
 
 def test_resume_needs_a_stopped_run(tmp_path, cli):

@@ -74,8 +74,11 @@ def extract_with_encoder(
         if encoder is None:
             raise OptionError("the encoder method needs a trained essence encoder: give the run's best.pt "
                               "(essencekit train-encoder makes one)", parameter="encoder")
-        if Path(encoder).is_dir() and (Path(encoder) / "best.pt").is_file():
-            encoder = Path(encoder) / "best.pt"  # a train-encoder run folder: its chosen weights
+        if Path(encoder).is_dir():  # a train-encoder run folder: its chosen weights
+            if not (Path(encoder) / "best.pt").is_file():
+                raise EssencekitError(f"{encoder} is a folder without best.pt: give a train-encoder run folder, "
+                                      "or the checkpoint file itself")
+            encoder = Path(encoder) / "best.pt"
         path, label, sha = weights_identity(encoder, "")
         model = load_essence_encoder(path)
     # extraction only runs the encoder forward: its BatchNorm-folded form does the same with less work

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_output_file
 from ..errors import EssencekitError, OptionError, braced
 
 BEST, LAST, METRICS, SAMPLES = "best.pt", "last.pt", "metrics.jsonl", "samples"
@@ -51,9 +51,12 @@ class RunFolder:
                 f"{braced(str(self.path))} already holds a training run; continue it with {{resume}}, or choose another "
                 "folder", parameter="output", mentions=("resume",),
             )
+        # checked now, made when the first file is written: a run refused later (no usable
+        # photo, missing weights) leaves no empty folder behind
+        check_output_file(self.last, parameter="output")
+
+    def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.path, os.W_OK):
-            raise OptionError(f"the run folder {self.path} is not writable", parameter="output")
 
     def check_resumable(self) -> Path:
         if not self.last.is_file():

@@ -203,6 +203,8 @@ class EncoderTrainer:
 
     def fit(self) -> TrainResult:
         settings, group = self.settings, self.group
+        if group.is_main:
+            self.run_folder.create()
         with deferred_stop() as stop:
             while self.step < settings.steps:
                 started = time.perf_counter()
