@@ -1,11 +1,12 @@
 """What is in the cache, and removing parts of it (``essencekit cache``).
 
-The cache root holds three things that grow: the weight artifacts ``pull-weights`` placed
+The cache root holds four things that grow: the weight artifacts ``pull-weights`` placed
 (``weights/<name>/``, laid out and recorded as :mod:`essencekit.cache` describes), the W+
-cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.latent_cache`),
-one small file per photo ever inverted, and the aligned crops of ``train-encoder``'s photos
-(``aligned/``, see :mod:`essencekit.aligned_cache`). Listing reads only file sizes and the records: a
-checkpoint is not re-hashed (``pull-weights --verify`` does that).
+cache of ``transfer``/``invert`` (``latents/``, see :mod:`essencekit.latent_cache`), one small
+file per photo ever inverted, the aligned crops of ``train-encoder``'s photos (``aligned/``,
+see :mod:`essencekit.aligned_cache`) and the FID features of ``evaluate --fid``'s real images
+(``features/``, see :mod:`essencekit.feature_cache`). Listing reads only file sizes and the
+records: a checkpoint is not re-hashed (``pull-weights --verify`` does that).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import aligned_cache, cache, latent_cache
+from . import aligned_cache, cache, feature_cache, latent_cache
 from .errors import EssencekitError
 
 
@@ -68,16 +69,30 @@ class AlignedUsage:
 
 
 @dataclass
+class FeatureUsage:
+    """The FID features of real images computed by one Inception (by its weights' sha256);
+    dates as in :class:`LatentUsage`."""
+
+    recipe: str
+    inception: str  # the first 16 hex digits of the Inception weights' sha256
+    path: Path
+    size: int
+    entries: int
+    oldest: str
+    last_used: str
+
+
+@dataclass
 class CacheUsage:
     root: Path
     artifacts: list[ArtifactUsage] = field(default_factory=list)
     latents: list[LatentUsage] = field(default_factory=list)
     aligned: list[AlignedUsage] = field(default_factory=list)
+    features: list[FeatureUsage] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return (sum(a.size for a in self.artifacts) + sum(group.size for group in self.latents)
-                + sum(group.size for group in self.aligned))
+        return sum(part.size for part in (*self.artifacts, *self.latents, *self.aligned, *self.features))
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +101,7 @@ class CacheUsage:
             "artifacts": [_jsonable(asdict(a)) for a in self.artifacts],
             "latents": [_jsonable(asdict(group)) for group in self.latents],
             "aligned": [_jsonable(asdict(group)) for group in self.aligned],
+            "features": [_jsonable(asdict(group)) for group in self.features],
         }
 
 
@@ -142,37 +158,30 @@ def usage() -> CacheUsage:
     if weights.is_dir():
         found = (_artifact_usage(d, registered) for d in sorted(weights.iterdir()) if d.is_dir())
         result.artifacts = [a for a in found if a is not None]
-    base = latent_cache.latents_root()
-    groups: dict[tuple[str, ...], list[latent_cache.Entry]] = {}
-    for entry in latent_cache.entries():
-        # <recipe>/<encoder>/<aligner>/<xx>/<sha>.safetensors; anything else is grouped by what it has
-        parts = entry.path.relative_to(base).parts[:3]
-        groups.setdefault(parts + ("",) * (3 - len(parts)), []).append(entry)
-    for (recipe, encoder, aligner), found in sorted(groups.items()):
-        times = [e.mtime for e in found]
-        result.latents.append(LatentUsage(
-            recipe, encoder, aligner, base.joinpath(*(p for p in (recipe, encoder, aligner) if p)),
-            sum(e.size for e in found), len(found), _day(min(times)), _day(max(times)),
-        ))
-    result.aligned = _aligned_usage()
+    result.latents = [LatentUsage(*names, *figures) for names, figures in
+                      _grouped(latent_cache.latents_root(), latent_cache.entries(), depth=3)]
+    result.aligned = [AlignedUsage(*names, *figures) for names, figures in
+                      _grouped(aligned_cache.aligned_root(), aligned_cache.entries(), depth=2)]
+    result.features = [FeatureUsage(*names, *figures) for names, figures in
+                       _grouped(feature_cache.features_root(), feature_cache.entries(), depth=2)]
     return result
 
 
-def _aligned_usage() -> list[AlignedUsage]:
-    base = aligned_cache.aligned_root()
+def _grouped(base: Path, found: list[latent_cache.Entry], depth: int) -> list[tuple[tuple, tuple]]:
+    """The entries of one per-image cache grouped by the first ``depth`` folders under ``base``
+    (recipe version, then the models' names), in order: for each group, those names and
+    ``(path, size, entries, oldest, last_used)``. A file higher up than ``depth`` folders is
+    grouped by the folders it has."""
     groups: dict[tuple[str, ...], list[latent_cache.Entry]] = {}
-    for entry in aligned_cache.entries():
-        # <recipe>/<aligner>/<xx>/<file>; anything else is grouped by what it has
-        parts = entry.path.relative_to(base).parts[:2]
-        groups.setdefault(parts + ("",) * (2 - len(parts)), []).append(entry)
-    found = []
-    for (recipe, aligner), group in sorted(groups.items()):
+    for entry in found:
+        parts = entry.path.relative_to(base).parts[:depth]
+        groups.setdefault(parts + ("",) * (depth - len(parts)), []).append(entry)
+    summary = []
+    for names, group in sorted(groups.items()):
         times = [e.mtime for e in group]
-        found.append(AlignedUsage(
-            recipe, aligner, base.joinpath(*(p for p in (recipe, aligner) if p)),
-            sum(e.size for e in group), len(group), _day(min(times)), _day(max(times)),
-        ))
-    return found
+        summary.append((names, (base.joinpath(*(p for p in names if p)), sum(e.size for e in group), len(group),
+                                _day(min(times)), _day(max(times)))))
+    return summary
 
 
 def find_artifact(name: str) -> ArtifactUsage:
@@ -241,16 +250,24 @@ class PruneResult:
         return asdict(self)
 
 
+def _pruned(prune, before: datetime.date, dry_run: bool) -> PruneResult:
+    cutoff = datetime.datetime.combine(before, datetime.time()).timestamp()  # local midnight starting that day
+    gone = prune(cutoff, dry_run=dry_run)
+    return PruneResult(before.isoformat(), len(gone), sum(e.size for e in gone), dry_run)
+
+
 def prune_latents(before: datetime.date, *, dry_run: bool = False) -> PruneResult:
     """Remove the W+ records last used before ``before`` (local midnight starting that day)."""
-    cutoff = datetime.datetime.combine(before, datetime.time()).timestamp()
-    gone = latent_cache.prune(cutoff, dry_run=dry_run)
-    return PruneResult(before.isoformat(), len(gone), sum(e.size for e in gone), dry_run)
+    return _pruned(latent_cache.prune, before, dry_run)
 
 
 def prune_aligned(before: datetime.date, *, dry_run: bool = False) -> PruneResult:
     """Remove the aligned crops and no-face markers last used before ``before`` (local midnight
     starting that day); each costs one new alignment if its photo is trained on again."""
-    cutoff = datetime.datetime.combine(before, datetime.time()).timestamp()
-    gone = aligned_cache.prune(cutoff, dry_run=dry_run)
-    return PruneResult(before.isoformat(), len(gone), sum(e.size for e in gone), dry_run)
+    return _pruned(aligned_cache.prune, before, dry_run)
+
+
+def prune_features(before: datetime.date, *, dry_run: bool = False) -> PruneResult:
+    """Remove the FID features of real images last used before ``before`` (local midnight
+    starting that day); each costs one Inception pass if its image is measured again."""
+    return _pruned(feature_cache.prune, before, dry_run)

@@ -113,6 +113,13 @@ class ProcessGroup:
         if not self.launch.distributed:
             return self
         import torch
+
+        # torch._dynamo imported while a group exists (torchvision and open_clip import it: the
+        # CLIP judges, the FID Inception) keeps that group alive past destroy_process_group, so
+        # gloo's worker threads outlive it; one still releasing the last collective's tensors
+        # when the interpreter shuts down aborts a rank that had finished (SIGABRT, a failed
+        # job). Imported first, it holds nothing and leaving the group stops those threads.
+        import torch._dynamo  # noqa: F401
         import torch.distributed as dist
 
         launch = self.launch

@@ -176,7 +176,7 @@ def test_prune_removes_w_records_unused_since_a_date(filled, capsys, cli):
     size = filled["old"].stat().st_size
     nothing_aligned = {"before": "2021-01-01", "entries": 0, "size": 0, "dry_run": True}
     assert code == 0 and json.loads(out) == {"before": "2021-01-01", "entries": 1, "size": size, "dry_run": True,
-                                             "aligned": nothing_aligned}
+                                             "aligned": nothing_aligned, "features": nothing_aligned}
     assert filled["old"].is_file()
 
     code, out, _ = cli(["cache", "prune", "--older-than", "2021-01-01"])

@@ -189,8 +189,9 @@ def test_help_lists_the_exit_statuses(capsys, command, cli):
 _OWN_MEANING = {"--output", "--essence", "--strength", "--sources", "--clip", "--clip-weights", "--seed", "--json"}
 # a flag that means something else in one command: train-encoder's steps, learning rate and
 # batch (targets per process) are the training's; extract's --encoder is also the essence
-# encoder of --method encoder
+# encoder of --method encoder; evaluate's --no-cache also skips the FID feature cache
 _OWN_MEANING_IN = {("train-encoder", flag) for flag in ("--steps", "--lr", "--lambda-consistency", "--batch-size")}
+_OWN_MEANING_IN.add(("evaluate", "--no-cache"))
 _OWN_MEANING_IN |= {("extract", "--encoder"), ("extract", "--steps"), ("extract", "--lr"),
                     ("extract", "--lambda-consistency")}
 

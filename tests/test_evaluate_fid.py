@@ -4,9 +4,11 @@ by benchmarks/fid_check.py where they are available)."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,26 +66,9 @@ def test_too_few_images_are_warned_about():
 def inception_file(tmp_path_factory):
     """A random-init FID Inception of the real architecture (torch-fidelity's), saved as a
     state dict: the file format of inception-v3-fid, built without downloading anything."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from compare.inception import save_random_inception
 
-    empty = io.BytesIO()
-    torch.save({}, empty)
-    empty.seek(0)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(7)
-    original = FeatureExtractorInceptionV3.load_state_dict
-    FeatureExtractorInceptionV3.load_state_dict = lambda self, state_dict, *a, **k: None  # keep the random init
-    try:
-        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
-        for module in model.modules():  # a variance-keeping init, so the 2048 features do not vanish
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    finally:
-        FeatureExtractorInceptionV3.load_state_dict = original
-        torch.random.set_rng_state(state)
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    return save_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 @pytest.fixture
@@ -98,12 +83,15 @@ def real_dir(setup):  # noqa: F811 - the fixture imported above
 
 
 def test_fid_per_strength_through_the_inception_file(setup, real_dir, inception_file):  # noqa: F811
-    notes = []
+    notes, counted = [], []
     result = evaluate(
         [setup.essences["alpha"]], [setup.targets["alpha"]], setup.latents, "1", encoder=setup.e4e, device="cpu",
         identity_model=ARCFACE, judges=setup.judges[:1], clip_weights={setup.judges[0]: setup.weights[setup.judges[0]]},
         align_target=False, fid=real_dir, fid_weights=inception_file, notify=notes.append, max_sources=3,
+        real_progress=lambda n, total: counted.append((n, total)),
     )
+    assert sum(n for n, _ in counted) == 3 and {total for _, total in counted} == {3}
+    assert result.fid["real_cached"] == 0
     assert [(r.strength, r.fid.n_generated, r.fid.n_real) for r in result.rows] == [(0.0, 3, 3), (1.0, 3, 3)]
     assert result.fid["real_images"] == 3 and result.fid["real"] == "real"
     assert result.fid["inception"] == "random-inception.pth" and len(result.fid["inception_sha256"]) == 64
@@ -155,6 +143,23 @@ def test_command_json_and_report_carry_fid(setup, real_dir, inception_file, cli)
     assert f"{data['rows'][1]['fid']['value']:.2f}" in page
 
 
+def test_a_second_evaluation_reads_the_real_features_from_the_cache(setup, real_dir, inception_file, cli):  # noqa: F811
+    args = ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
+            "-s", "1", "--max-sources", "2", "--json", "--fid", real_dir, "--fid-weights", inception_file,
+            *_cli_models(setup)]
+    runs = []
+    for extra in ([], [], ["--no-cache"]):
+        code, out, err = cli([*args, *extra])
+        assert code == 0, err
+        runs.append(json.loads(out))
+    assert [run["fid"]["real_cached"] for run in runs] == [0, 3, 0]
+    first = [row["fid"]["value"] for row in runs[0]["rows"]]
+    assert [row["fid"]["value"] for row in runs[1]["rows"]] == first  # the same features, read back exactly
+    assert [row["fid"]["value"] for row in runs[2]["rows"]] == pytest.approx(first, rel=1e-6)
+    code, out, _ = cli(["cache", "list", "--json"])
+    assert code == 0 and [group["entries"] for group in json.loads(out)["features"]] == [3]
+
+
 def test_missing_inception_weights_name_pull_weights(setup, real_dir, cli):  # noqa: F811
     code, out, err = cli(
         ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
@@ -162,6 +167,16 @@ def test_missing_inception_weights_name_pull_weights(setup, real_dir, cli):  # n
     assert code == 1 and out == ""
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "essencekit pull-weights inception-v3-fid" in lines[0] and "Traceback" not in err
+
+
+def test_an_unreadable_real_image_is_one_line_naming_it(setup, real_dir, inception_file, cli):  # noqa: F811
+    (real_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, out, err = cli(
+        ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
+         "--fid", real_dir, "--fid-weights", inception_file, *_cli_models(setup)])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "broken.png" in lines[-1] and len(lines) == 1, err
 
 
 @pytest.mark.parametrize("where", ["missing", "empty", "file"])
@@ -177,3 +192,152 @@ def test_real_folder_must_hold_images(setup, where, cli):  # noqa: F811
          "--fid", folder, *_cli_models(setup)])
     assert code == 2 and out == "" and "Traceback" not in err
     assert "Invalid value for '--fid'" in err and str(folder.name) in err
+
+
+# --------------------------------------------------------------------------- the standard Inception features
+
+
+def _tf1_resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
+    """TensorFlow 1.x ``resize_bilinear`` (align_corners=False, no half-pixel centres), the
+    resize of the TTUR reference's graph, written out from its definition: output pixel ``i``
+    reads input position ``i * in / out``, blended linearly with its right neighbour (clamped at
+    the edge); columns, then rows. In float32 throughout, as TensorFlow's kernel computes (float64
+    positions would move a downscale's blend weights by up to 1e-5). ``images``: ``[N, C, H, W]``."""
+    images = images.astype(np.float32)
+
+    def taps(n_in: int):
+        position = np.arange(size, dtype=np.float32) * np.float32(n_in / size)
+        low = np.floor(position).astype(int)
+        return low, np.minimum(low + 1, n_in - 1), position - low.astype(np.float32)
+
+    top, bottom, dy = taps(images.shape[2])
+    left, right, dx = taps(images.shape[3])
+    upper, lower = images[:, :, top], images[:, :, bottom]
+    upper = upper[..., left] + (upper[..., right] - upper[..., left]) * dx
+    lower = lower[..., left] + (lower[..., right] - lower[..., left]) * dx
+    return upper + (lower - upper) * dy[:, None]
+
+
+@pytest.mark.parametrize("size", [64, 256, 333, 1024])
+def test_inception_input_is_tensorflow_1x_resize_then_the_reference_scaling(inception_file, size):
+    """What the Inception's first convolution receives from 8-bit images of any size: TF 1.x's
+    bilinear resize to 299 (written out above from its definition, not pytorch-fid's
+    half-pixel resize) and then ``(x - 128) / 128``, as the TTUR reference's graph does. A
+    float64 position or a half-pixel offset would miss by far more than the tolerance."""
+    model, _, _ = load_inception(inception_file)
+    seen = []
+    model.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    pixels = np.random.default_rng(size).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+    with torch.no_grad():
+        model(torch.from_numpy(pixels))
+    expected = (_tf1_resize_bilinear(pixels, 299) - 128) / 128
+    assert seen[0].shape == (1, 3, 299, 299)
+    np.testing.assert_allclose(seen[0].numpy(), expected, rtol=0, atol=2e-6)  # 1/8 of a level's 1/128
+
+
+def test_inception_network_equals_pytorch_fids_on_the_same_weights(inception_file, tmp_path, mocker):
+    """From the first convolution to the 2048 pool features, torch-fidelity's network (through
+    ``load_inception``) equals pytorch-fid's FID Inception, an independent port of the same
+    TensorFlow graph, given the same weights file: in float64 (rounded to float32 at the end, as
+    torch-fidelity hands features back), on 299 px images (no resize). Batch-norm statistics are
+    randomised so that a wrong epsilon or a missing layer would show."""
+    from pytorch_fid import inception as pytorch_fid
+
+    state = torch.load(inception_file, weights_only=True)
+    generator = torch.Generator().manual_seed(3)
+    for key, value in state.items():
+        if ".bn." in key and value.is_floating_point():
+            low, high = (0.5, 2.0) if key.endswith(("running_var", "weight")) else (-0.2, 0.2)
+            state[key] = low + (high - low) * torch.rand(value.shape, generator=generator)
+    weights = tmp_path / "inception-bn.pth"
+    torch.save(state, weights)
+
+    model, _, _ = load_inception(weights)
+    model.double().feature_extractor_internal_dtype = torch.float64
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 299, 299), dtype=np.uint8))
+    with torch.no_grad():
+        (ours,) = model(pixels)
+
+    mocker.patch.object(pytorch_fid, "load_state_dict_from_url", return_value=state)  # no download
+    reference = pytorch_fid.InceptionV3([pytorch_fid.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]],
+                                        resize_input=False, normalize_input=False).double().eval()
+    with torch.no_grad():
+        (expected,) = reference((pixels.double() - 128) / 128)
+    expected = expected.flatten(1)
+    assert ours.shape == expected.shape == (2, FEATURE_DIM)
+    assert expected.abs().max() > 1e-3  # not a vanishing random network
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+
+
+# the real-image share of each rank of a torchrun job, put back together on every rank
+SHARDED = """
+import sys
+import numpy as np
+from pathlib import Path
+from essencekit.backends import select_backend
+from essencekit.distributed import ProcessGroup
+from essencekit.evaluation.api import Evaluator
+files = sorted(Path(sys.argv[1]).iterdir())
+with ProcessGroup(select_backend("cpu")) as group:
+    evaluator = Evaluator(group=group, fid_weights=sys.argv[2], judges=["ViT-B/32"])
+    model, _, sha256 = evaluator.inception
+    measured = evaluator._real_features(files, model, sha256, cache=True, progress=None)
+    np.save(f"{sys.argv[3]}/rank{group.launch.rank}-features.npy", measured.features)
+    Path(f"{sys.argv[3]}/rank{group.launch.rank}-cached.txt").write_text(str(measured.cached))
+"""
+
+
+def test_a_torchrun_job_shares_the_real_images_out(inception_file, tmp_path):
+    """Under torchrun each process runs Inception on every other real image (5 images: 3 and
+    2), and every process ends with all the features, in the files' order, as one process
+    computes them; a second job reads them all from the cache."""
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(40 + i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    env = {**os.environ, "ESSENCEKIT_HOME": str(tmp_path / "home"), "PYTHONWARNINGS": "ignore"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    runs = []
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(script), str(folder), str(inception_file), str(tmp_path / run)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[:3000]
+        runs.append([(np.load(tmp_path / run / f"rank{rank}-features.npy"),
+                      int((tmp_path / run / f"rank{rank}-cached.txt").read_text())) for rank in (0, 1)])
+    first, second = runs
+    assert np.array_equal(first[0][0], first[1][0]) and first[0][0].shape == (5, FEATURE_DIM)
+    assert [cached for _, cached in first] == [0, 0] and [cached for _, cached in second] == [5, 5]
+    model, _, _ = load_inception(inception_file)
+    with torch.no_grad():
+        (expected,) = model(torch.stack([torch.from_numpy(np.array(Image.open(folder / f"{i}.png"))).permute(2, 0, 1)
+                                         for i in range(5)]))
+    np.testing.assert_allclose(first[0][0], expected.double().numpy(), rtol=1e-4,
+                               atol=1e-4 * float(expected.abs().max()))
+    assert np.array_equal(second[0][0], first[0][0]) and np.array_equal(second[1][0], first[0][0])
+
+
+def test_a_person_watching_sees_the_real_images_counted(setup, real_dir, inception_file, cli, monkeypatch):  # noqa: F811
+    """With a terminal on stderr: a bar over the real images (3 of 3) above the rendering count."""
+    import io
+
+    from rich.console import Console
+
+    from essencekit.cli import evaluate_cmd
+
+    screen = io.StringIO()
+    monkeypatch.setattr(evaluate_cmd, "err", Console(file=screen, force_terminal=True, width=120))
+    monkeypatch.setattr(evaluate_cmd, "progress_enabled", lambda quiet=False: True)
+    code, out, err = cli(
+        ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
+         "-s", "1", "--max-sources", "2", "--json", "--fid", real_dir, "--fid-weights", inception_file,
+         *_cli_models(setup)])
+    assert code == 0, err
+    shown = screen.getvalue()
+    assert "FID real images" in shown and "3/3" in shown
+    assert shown.rindex("FID real images") < shown.rindex("rendering and measuring")  # the real images come first

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,36 @@ def test_the_merged_results_come_in_input_order():
     parts = [[Result("a", "written", position=0), Result("c", "written", position=2, face=0),
               Result("c", "written", position=2, face=1)], [Result("b", "failed", position=1)]]
     assert [(r.source, r.face) for r in merge(parts)] == [("a", None), ("b", None), ("c", 0), ("c", 1)]
+
+
+# leaving the group must stop gloo's threads even when torch._dynamo was imported inside it
+# (torchvision, open_clip and torch-fidelity import it): a thread left running can abort the
+# finished rank at interpreter exit
+EXIT_PROBE = """
+import os, sys
+import numpy as np
+from essencekit.backends import select_backend
+from essencekit.distributed import ProcessGroup
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
+    return sorted(name for name in names if "gloo" in name)
+
+with ProcessGroup(select_backend("cpu")) as group:
+    import torchvision  # noqa: F401 - imports torch._dynamo
+    group.gather(np.ones((3, 2048), dtype=np.float32))
+    inside = gloo_threads()
+print(f"rank {group.launch.rank}: {len(inside)} gloo threads inside, after leaving {gloo_threads()}")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_leaving_the_group_stops_gloo_threads(job):
+    (job / "exit_probe.py").write_text(EXIT_PROBE)
+    done = _essencekit(job, [], processes=2, script="exit_probe.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the two ranks print at once: their lines may run together
+    reports = sorted(re.findall(r"rank (\d): (\d+) gloo threads inside, after leaving (\[[^\]]*\])", done.stdout))
+    assert [rank for rank, _, _ in reports] == ["0", "1"], done.stdout
+    assert all(int(inside) > 0 for _, inside, _ in reports)  # the probe sees the threads while they run
+    assert [after for _, _, after in reports] == ["[]", "[]"], reports

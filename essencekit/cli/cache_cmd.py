@@ -18,13 +18,14 @@ from ..errors import EssencekitError
 from .options import CacheDir, Json, add_command, command_help, exit_statuses
 from .output import ResultTable, err, human_size, out, print_json
 
-HELP = """Show and clean up the cache: downloaded weights, the W+ cache of transfer/invert and the aligned
-photos of train-encoder.
+HELP = """Show and clean up the cache: downloaded weights, the W+ cache of transfer/invert, the aligned
+photos of train-encoder and the FID features of evaluate's real images.
 
 `essencekit cache list` shows what is there and its size; `essencekit cache remove NAME`
 deletes one weight artifact (`pull-weights NAME` brings it back); `essencekit cache prune
---older-than YYYY-MM-DD` deletes W+ records and aligned training photos not used since that
-day (each costs one new inversion or alignment if the photo comes back)."""
+--older-than YYYY-MM-DD` deletes W+ records, aligned training photos and FID features not used
+since that day (each costs one new inversion, alignment or Inception pass if the image comes
+back)."""
 
 cache_app = typer.Typer(name="cache", help=command_help(HELP), no_args_is_help=True, add_completion=False)
 
@@ -39,7 +40,7 @@ def list_(
     json_: Json = False,
     cache_dir: CacheDir = None,
 ):
-    """List the weight artifacts and the W+ cache, with their sizes."""
+    """List the weight artifacts and the per-image caches (W+, aligned photos, FID features), with their sizes."""
     from ..cache_admin import usage
 
     with _root(cache_dir):
@@ -65,7 +66,14 @@ def list_(
             table.add_row(escape(group.recipe), escape(group.aligner), str(group.entries), human_size(group.size),
                           group.last_used, group.oldest)
         out.print(table)
-    if not found.artifacts and not found.latents and not found.aligned:
+    if found.features:
+        table = ResultTable("FID features of real images (evaluate --fid)",
+                            ["recipe", "inception", "entries", "size", "last used", "oldest"])
+        for group in found.features:
+            table.add_row(escape(group.recipe), escape(group.inception), str(group.entries), human_size(group.size),
+                          group.last_used, group.oldest)
+        out.print(table)
+    if not (found.artifacts or found.latents or found.aligned or found.features):
         out.print(f"The cache {escape(str(found.root))} is empty.", highlight=False)
         return
     out.print(f"Total: {human_size(found.size)} in {escape(str(found.root))}", highlight=False)
@@ -115,26 +123,30 @@ def _date(value: str) -> datetime.date:
 def prune(
     older_than: str = typer.Option(
         ..., "--older-than", metavar="YYYY-MM-DD", callback=_date,
-        help="Remove W+ records and aligned photos last used before this day (local time).",
+        help="Remove W+ records, aligned photos and FID features last used before this day (local time).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
     json_: Json = False,
     cache_dir: CacheDir = None,
 ):
-    """Delete W+ cache records (transfer, invert) and aligned training photos (train-encoder)
-    not used since a date. Weights are kept."""
-    from ..cache_admin import prune_aligned, prune_latents
+    """Delete W+ cache records (transfer, invert), aligned training photos (train-encoder) and
+    FID features of real images (evaluate --fid) not used since a date. Weights are kept."""
+    from ..cache_admin import prune_aligned, prune_features, prune_latents
 
     with _root(cache_dir):
         result = prune_latents(older_than, dry_run=dry_run)
         aligned = prune_aligned(older_than, dry_run=dry_run)
+        features = prune_features(older_than, dry_run=dry_run)
     if json_:
-        print_json({**result.to_dict(), "aligned": aligned.to_dict()})
+        print_json({**result.to_dict(), "aligned": aligned.to_dict(), "features": features.to_dict()})
         return
     verb = "Would remove" if dry_run else "Removed"
-    line = f"{verb} {result.entries} W+ record(s) ({human_size(result.size)})"
+    parts = [f"{result.entries} W+ record(s) ({human_size(result.size)})"]
     if aligned.entries:
-        line += f" and {aligned.entries} aligned photo(s) ({human_size(aligned.size)})"
+        parts.append(f"{aligned.entries} aligned photo(s) ({human_size(aligned.size)})")
+    if features.entries:
+        parts.append(f"the FID features of {features.entries} image(s) ({human_size(features.size)})")
+    line = f"{verb} {', '.join(parts[:-1])} and {parts[-1]}" if len(parts) > 1 else f"{verb} {parts[0]}"
     out.print(f"{line} last used before {result.before}", highlight=False)
 
 

@@ -19,7 +19,6 @@ from .options import (
     Generator,
     Json,
     NoAlign,
-    NoCache,
     add_command,
     exit_statuses,
 )
@@ -127,7 +126,9 @@ def evaluate(
     batch_size: BatchSize = None,
     encoder: Encoder = None,
     generator: Generator = None,
-    no_cache: NoCache = False,
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Do not read or write the W+ cache nor the FID feature cache."
+    ),
     json_: Json = False,
 ):
     """Measure essences the way the TargetCLIP paper does, over strengths.
@@ -169,15 +170,23 @@ def evaluate(
 
 
 def _with_progress(evaluator, args: tuple, options: dict, shown: bool):
-    """``evaluator.evaluate(*args, **options)`` under a spinner counting rendered images, when
+    """``evaluator.evaluate(*args, **options)`` under a spinner counting rendered images and,
+    with --fid, a bar over the real images (read from the feature cache or measured), when
     ``shown`` and a person watches."""
     if progress_enabled(not shown):
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        with Progress(SpinnerColumn(), TextColumn("rendering and measuring: {task.completed} images"),
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err) as bar:
-            task = bar.add_task("evaluate", total=None)
-            return evaluator.evaluate(*args, progress=lambda n: bar.advance(task, n), **options)
+            tasks: dict = {}  # each shown from its first image on: the real images come first
+
+            def advance(name: str, n: int, total: int | None = None) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.advance(tasks[name], n)
+
+            return evaluator.evaluate(*args, progress=lambda n: advance("rendering and measuring", n),
+                                      real_progress=lambda n, total: advance("FID real images", n, total), **options)
     return evaluator.evaluate(*args, **options)
 
 

@@ -260,15 +260,40 @@ class Evaluator:
     def evaluate(self, essences, targets, sources, strengths=None, *, align: bool = True,
                  align_target: bool = True, batch_size: int | None = None, cache: bool = True,
                  grid_sources: int = 4, max_sources: int | None = None, fid=None,
-                 progress: Callable[[int], None] | None = None) -> Evaluation:
+                 progress: Callable[[int], None] | None = None,
+                 real_progress: Callable[[int, int], None] | None = None) -> Evaluation:
         """See :func:`evaluate`."""
         with contextlib.ExitStack() as stack:
             return self._evaluate(stack, essences, targets, sources, strengths, align=align, align_target=align_target,
                                   batch_size=batch_size, cache=cache, grid_sources=grid_sources,
-                                  max_sources=max_sources, fid=fid, progress=progress)
+                                  max_sources=max_sources, fid=fid, progress=progress, real_progress=real_progress)
+
+    def _real_features(self, files: list, model, inception_sha256: str, cache: bool,
+                       progress: Callable[[int, int], None] | None):
+        """The real images' FID features (see :func:`.fid.real_features`). Under ``torchrun``
+        each process measures every ``world_size``-th image and every process gets them all, in
+        the files' order; ``progress(n, total)`` is called (on rank 0 only) as ``n`` more of the
+        job's ``total`` images are done."""
+        from ..feature_cache import FeatureCache
+        from .fid import FEATURE_DIM, RealFeatures, real_features
+
+        launch = self.group.launch if self.group is not None else None
+        counted = _JobCount(self.group, None if progress is None else lambda n: progress(n, len(files)),
+                            "evaluate/real-images")
+        share = launch.shard(files) if launch is not None else files
+        with self._agreed():  # an unreadable real image on one rank stops every rank, reported once
+            own = real_features(share, model, self.backend.device, progress=counted.add,
+                                cache=FeatureCache(inception_sha256, FEATURE_DIM) if cache else None)
+        if launch is None or not launch.distributed:
+            return own
+        shares = self.group.gather((own.features.astype(np.float32), own.cached, own.unwritable))
+        features = np.empty((len(files), FEATURE_DIM))
+        for rank, (part, _, _) in enumerate(shares):
+            features[rank::launch.world_size] = part  # the inverse of Launch.shard
+        return RealFeatures(features, sum(s[1] for s in shares), any(s[2] for s in shares))
 
     def _evaluate(self, stack, essences, targets, sources, strengths, *, align, align_target, batch_size, cache,
-                  grid_sources, max_sources, fid, progress) -> Evaluation:
+                  grid_sources, max_sources, fid, progress, real_progress) -> Evaluation:
         from ..essence_mix import EssenceMix, parse_strengths
         from ..images import read_target
 
@@ -305,13 +330,17 @@ class Evaluator:
         judges = {name: self.judge(name) for name in self.judge_names}
         fid_info = real = collector = None
         if real_files is not None:
-            from .fid import InceptionFeatures, folder_label, real_features
+            from .fid import InceptionFeatures, folder_label
 
             model, inception_label, inception_sha = inception
-            real = real_features(real_files, model, self.backend.device)
+            measured_real = self._real_features(real_files, model, inception_sha, cache, real_progress)
+            real = measured_real.features
+            if measured_real.unwritable:
+                self.notify("FID: the feature cache cannot be written (a full disk or a read-only cache); the next "
+                            "evaluation will measure the real images again")
             collector = InceptionFeatures(model, self.backend.device)
-            fid_info = {"real": folder_label(fid), "real_images": len(real_files), "inception": inception_label,
-                        "inception_sha256": inception_sha, "warning": None}
+            fid_info = {"real": folder_label(fid), "real_images": len(real_files), "real_cached": measured_real.cached,
+                        "inception": inception_label, "inception_sha256": inception_sha, "warning": None}
         embedder = _Embedder(self.identity, judges, self.backend.device, inception=collector)
         infos, target_embeddings = [], []
         for term, label, target in zip(terms, labels, target_images):
@@ -329,7 +358,7 @@ class Evaluator:
         failures: list[dict] = []
         grid: dict = {}
         positions: dict = {}  # key -> the source's place in the input list, to merge a job's shares in order
-        counted = _JobCount(self.group, progress)
+        counted = _JobCount(self.group, progress, "evaluate/images")
         for index, info in enumerate(infos):
             first = index == 0
             run_strengths = ([0.0] if first else []) + info.strengths
@@ -414,11 +443,11 @@ class Evaluator:
 
 
 class _JobCount:
-    """Rendered images counted for ``progress``: the whole job's on rank 0 of a torchrun job
-    (through the group's counters), this process's otherwise."""
+    """Images counted for ``progress``: the whole job's on rank 0 of a torchrun job (through
+    the group's counter ``name``), this process's otherwise."""
 
-    def __init__(self, group, progress: Callable[[int], None] | None):
-        self.group, self.progress, self.shown = group, progress, 0
+    def __init__(self, group, progress: Callable[[int], None] | None, name: str):
+        self.group, self.progress, self.name, self.shown = group, progress, name, 0
         self.distributed = group is not None and group.launch.distributed
 
     def add(self, n: int) -> None:
@@ -426,7 +455,7 @@ class _JobCount:
             if self.progress is not None:
                 self.progress(n)
             return
-        total = self.group.add("evaluate/images", n)
+        total = self.group.add(self.name, n)
         if self.progress is not None and self.group.is_main:
             self.progress(total - self.shown)
             self.shown = total
@@ -473,10 +502,12 @@ def evaluate(essences, targets, sources, strengths=None, *, identity_model=None,
     ``judges``: the CLIP variants for target similarity and consistency, all fed in the
     ``clip_input`` mode. Options:
     ``align`` (False: photos are aligned crops), ``align_target``, ``batch_size``, ``cache``
-    (the W+ cache), ``grid_sources`` (thumbnails kept for the report), ``max_sources`` (measure
-    only the first N faces), ``fid`` (a folder of real face images: each row also gets the
-    Fréchet Inception Distance between its edits and them, see :mod:`.fid`), ``progress``
-    (called with 1 per rendered image). Models, ``fid_weights`` (the FID Inception) and
+    (the W+ cache and the FID feature cache), ``grid_sources`` (thumbnails kept for the report),
+    ``max_sources`` (measure only the first N faces), ``fid`` (a folder of real face images:
+    each row also gets the Fréchet Inception Distance between its edits and them, see
+    :mod:`.fid`), ``progress`` (called with 1 per rendered image), ``real_progress`` (with
+    ``fid``: called with ``(n, total)`` as ``n`` more of the ``total`` real images are
+    measured, or read from the cache). Models, ``fid_weights`` (the FID Inception) and
     ``group`` (a ``torchrun`` job's process group): see :class:`Evaluator`.
     """
     evaluator = Evaluator(encoder=encoder, generator=generator, device=device, aligner=aligner,

@@ -12,9 +12,13 @@ to unpickle a file itself.
 
 The distance is computed from 2048-d pool features: ``|mu1 - mu2|^2 + tr(S1) + tr(S2) -
 2 tr((S1 S2)^(1/2))``, with the sample means and (unbiased) covariances in float64, the trace of
-the trace of the matrix square root from the eigenvalues of ``S1 S2`` as torch-fidelity (and
+the matrix square root from the eigenvalues of ``S1 S2`` as torch-fidelity (and
 TTUR) take it, or, with fewer images than features, from an equivalent smaller matrix
 (:func:`frechet_distance`).
+
+The real images' features are kept in the feature cache (:mod:`essencekit.feature_cache`),
+keyed by each image's bytes and the weights' sha256, so a second evaluation against the same
+folder only hashes its files.
 """
 
 from __future__ import annotations
@@ -180,18 +184,59 @@ def real_images(folder) -> list[Path]:
     return files
 
 
-def real_features(files: Iterable[Path], model, device="cpu", *,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """The ``[N, 2048]`` Inception features of the real images ``files``."""
+@dataclass
+class RealFeatures:
+    """The Inception features of a folder's real images: ``features`` ``[N, 2048]`` float64 in
+    the files' order; ``cached``: how many came from the feature cache; ``unwritable``: whether
+    new features could not be kept there (a full disk, a read-only cache)."""
+
+    features: np.ndarray
+    cached: int = 0
+    unwritable: bool = False
+
+
+def real_features(files: Iterable[Path], model, device="cpu", *, cache=None,
+                  progress: Callable[[int], None] | None = None) -> RealFeatures:
+    """The Inception features of the real images ``files``. With ``cache`` (a
+    :class:`~essencekit.feature_cache.FeatureCache` for ``model``'s weights) an image whose
+    bytes were measured before is only hashed, not decoded nor run through Inception, and each
+    new image's features are kept as soon as its batch is done (an interrupted run keeps what
+    it measured). ``progress`` is called with 1 per image."""
+    from ..cache import sha256_file
     from ..images import read_image
 
     collector = InceptionFeatures(model, device)
+    found: dict[int, np.ndarray] = {}
+    to_keep: dict[int, str] = {}  # image index -> sha256, until its batch has run
+    result = RealFeatures(np.empty((0, FEATURE_DIM)))
+
+    def keep_done() -> None:
+        for index in [i for i in to_keep if i in collector.out]:
+            sha256 = to_keep.pop(index)
+            if not result.unwritable:
+                result.unwritable = not cache.store(sha256, collector.out[index].numpy())
+
+    count = 0
     for index, file in enumerate(files):
-        collector.add(index, read_image(file))
+        count += 1
+        sha256 = sha256_file(file) if cache is not None else None
+        hit = cache.load(sha256) if cache is not None else None
+        if hit is not None:
+            found[index] = hit
+            result.cached += 1
+        else:
+            collector.add(index, read_image(file))
+            if cache is not None:
+                to_keep[index] = sha256
+                keep_done()
         if progress is not None:
             progress(1)
     collector.flush()
-    return torch.stack([collector.out[i] for i in range(len(collector.out))]).numpy()
+    if cache is not None:
+        keep_done()
+    rows = [found[i] if i in found else collector.out[i].numpy() for i in range(count)]
+    result.features = np.stack(rows).astype(np.float64) if rows else np.empty((0, FEATURE_DIM))
+    return result
 
 
 def folder_label(folder: str | os.PathLike) -> str:
