@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -341,3 +342,59 @@ def test_a_person_watching_sees_the_real_images_counted(setup, real_dir, incepti
     shown = screen.getvalue()
     assert "FID real images" in shown and "3/3" in shown
     assert shown.rindex("FID real images") < shown.rindex("rendering and measuring")  # the real images come first
+
+
+# `essencekit evaluate` with the tests' tiny CLIP variants registered, as a plugin would
+TINY_EVALUATE = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))  # the tests' folder, for conftest's tiny variants
+import essencekit
+from conftest import tiny_clip_variant, tiny_rn_variant
+from essencekit import plugins
+
+class TinyClips:
+    @staticmethod
+    @essencekit.hookimpl
+    def register_clip_models(register):
+        register(tiny_clip_variant())
+        register(tiny_rn_variant())
+
+plugins.register_plugin(TinyClips, "test-tiny-clips")
+from essencekit.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_evaluate_under_torchrun_prints_what_one_process_prints(setup, real_dir, inception_file, cli):  # noqa: F811
+    """The whole command under torchrun (2 gloo processes): rank 0 prints the job's evaluation,
+    every figure as one process computes it (FID included: the real images are split between
+    the ranks), and nothing else prints it."""
+    args = ["evaluate", "-e", setup.essences["alpha"], "-t", setup.targets["alpha"], "--sources", setup.latents,
+            "-s", "1", "--json", "--fid", real_dir, "--fid-weights", inception_file, *_cli_models(setup)]
+    code, out, err = cli(args)
+    assert code == 0, err
+    alone = json.loads(out)
+
+    script = setup.tmp / "tiny_evaluate.py"
+    script.write_text(TINY_EVALUATE)
+    env = {**os.environ, "ESSENCEKIT_HOME": str(setup.tmp / "torchrun-home"), "PYTHONWARNINGS": "ignore"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+         str(Path(__file__).parent), *map(str, args)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=setup.tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"rows"') == 1  # one evaluation printed, by rank 0
+    job = json.loads(done.stdout)
+    assert job["sources"] == alone["sources"] and job["fid"]["real_images"] == alone["fid"]["real_images"] == 3
+    assert job["fid"]["real_cached"] == 0  # its own, empty cache
+    assert len(job["rows"]) == len(alone["rows"]) == 2
+    for ours, theirs in zip(job["rows"], alone["rows"]):
+        assert (ours["essence"], ours["strength"]) == (theirs["essence"], theirs["strength"])
+        assert ours["identity"]["n"] == theirs["identity"]["n"] == 4
+        assert ours["identity"]["mean"] == pytest.approx(theirs["identity"]["mean"], abs=1e-4)
+        for judge in setup.judges:
+            assert ours["target_similarity"][judge]["mean"] == pytest.approx(
+                theirs["target_similarity"][judge]["mean"], abs=1e-4)
+        assert ours["fid"]["value"] == pytest.approx(theirs["fid"]["value"], rel=1e-4)

@@ -156,3 +156,11 @@ def test_cache_list_and_prune_know_the_features(small, cli):
     code, out, _ = cli(["cache", "prune", "--older-than", datetime.date.today().isoformat(), "--dry-run"])
     assert code == 0 and "the FID features of 1 image(s)" in out  # the one used yesterday, kept
     assert small.load("aa" * 32) is None and small.load("bb" * 32) is not None
+
+
+def test_an_image_gone_before_it_is_read_is_named(small, photos):
+    from essencekit.images import ImageReadError
+
+    photos[1].unlink()  # listed, then removed by someone else
+    with pytest.raises(ImageReadError, match="1.png"):
+        fid.real_features(photos, CountingModel(), cache=small)

@@ -23,6 +23,7 @@ folder only hashes its files.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Iterable
@@ -219,14 +220,17 @@ def real_features(files: Iterable[Path], model, device="cpu", *, cache=None,
     count = 0
     for index, file in enumerate(files):
         count += 1
-        sha256 = sha256_file(file) if cache is not None else None
-        hit = cache.load(sha256) if cache is not None else None
+        sha256 = None
+        if cache is not None:
+            with contextlib.suppress(OSError):  # unreadable: read_image below says why, naming the file
+                sha256 = sha256_file(file)
+        hit = cache.load(sha256) if sha256 is not None else None
         if hit is not None:
             found[index] = hit
             result.cached += 1
         else:
             collector.add(index, read_image(file))
-            if cache is not None:
+            if sha256 is not None:
                 to_keep[index] = sha256
                 keep_done()
         if progress is not None:
