@@ -40,13 +40,11 @@ class ArtifactUsage:
 
 
 @dataclass
-class LatentUsage:
-    """The W+ records of one (recipe version, encoder, aligner); ``last_used`` is the newest
-    entry's last use and ``oldest`` the least recently used one's, as ISO dates."""
+class PerImageUsage:
+    """One group of a per-image cache (the files of one recipe version and model): where it is,
+    its size and number of files; ``last_used`` is the newest entry's last use and ``oldest``
+    the least recently used one's, as ISO dates."""
 
-    recipe: str
-    encoder: str  # the first 16 hex digits of the encoder's sha256
-    aligner: str
     path: Path
     size: int
     entries: int
@@ -55,31 +53,28 @@ class LatentUsage:
 
 
 @dataclass
-class AlignedUsage:
-    """The aligned crops (and no-face markers) of one (recipe version, aligner); dates as in
-    :class:`LatentUsage`."""
+class LatentUsage(PerImageUsage):
+    """The W+ records of one (recipe version, encoder, aligner)."""
 
-    recipe: str
-    aligner: str
-    path: Path
-    size: int
-    entries: int
-    oldest: str
-    last_used: str
+    recipe: str = ""
+    encoder: str = ""  # the first 16 hex digits of the encoder's sha256
+    aligner: str = ""
 
 
 @dataclass
-class FeatureUsage:
-    """The FID features of real images computed by one Inception (by its weights' sha256);
-    dates as in :class:`LatentUsage`."""
+class AlignedUsage(PerImageUsage):
+    """The aligned crops (and no-face markers) of one (recipe version, aligner)."""
 
-    recipe: str
-    inception: str  # the first 16 hex digits of the Inception weights' sha256
-    path: Path
-    size: int
-    entries: int
-    oldest: str
-    last_used: str
+    recipe: str = ""
+    aligner: str = ""
+
+
+@dataclass
+class FeatureUsage(PerImageUsage):
+    """The FID features of real images computed by one Inception (by its weights' sha256)."""
+
+    recipe: str = ""
+    inception: str = ""  # the first 16 hex digits of the Inception weights' sha256
 
 
 @dataclass
@@ -158,11 +153,11 @@ def usage() -> CacheUsage:
     if weights.is_dir():
         found = (_artifact_usage(d, registered) for d in sorted(weights.iterdir()) if d.is_dir())
         result.artifacts = [a for a in found if a is not None]
-    result.latents = [LatentUsage(*names, *figures) for names, figures in
+    result.latents = [LatentUsage(*figures, *names) for names, figures in
                       _grouped(latent_cache.latents_root(), latent_cache.entries(), depth=3)]
-    result.aligned = [AlignedUsage(*names, *figures) for names, figures in
+    result.aligned = [AlignedUsage(*figures, *names) for names, figures in
                       _grouped(aligned_cache.aligned_root(), aligned_cache.entries(), depth=2)]
-    result.features = [FeatureUsage(*names, *figures) for names, figures in
+    result.features = [FeatureUsage(*figures, *names) for names, figures in
                        _grouped(feature_cache.features_root(), feature_cache.entries(), depth=2)]
     return result
 
